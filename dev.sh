@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The README's two commands, each self-installing and idempotent:
+#   ./dev.sh demo   -> builds .venv if needed, then runs `tlf demo` (the blog's study in miniature)
+#   ./dev.sh test   -> builds .venv if needed, starts the local Slurm, runs the whole test suite
+# Other verbs: setup (only install), shell-env (print `source` line).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="${TLF_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+stamp_of() { cat dev.sh pyproject.toml requirements/cpu-lock.txt | sha256sum | cut -c1-16; }
+
+setup() {
+  local stamp; stamp=$(stamp_of)
+  if [[ -x "$PY" && -f "$VENV/.tlf-stamp" && "$(cat "$VENV/.tlf-stamp")" == "$stamp" ]]; then
+    return 0
+  fi
+  local base=${PYTHON:-python3}
+  "$base" -c 'import sys; assert sys.version_info >= (3, 11), "tlf needs Python >= 3.11"'
+  [[ -x "$PY" ]] || "$base" -m venv "$VENV"
+  local pip=("$PY" -m pip install --quiet --disable-pip-version-check)
+  echo "[tlf] installing into $VENV (first run only; ~3 min)" >&2
+  # 1. torch first. On this CPU-only machine: the local CPU build. On a cluster, install your
+  #    own ROCm/DTK or CUDA build into the venv before running this script: it is kept.
+  if ! "$PY" -c 'import torch' 2>/dev/null; then "${pip[@]}" "torch==2.13.0"; fi
+  # 2. LLaMA-Factory without its hard pins on torchvision/gradio/modelscope/av (unused for
+  #    text SFT and predict; torchvision would replace the CPU torch with a CUDA build).
+  "${pip[@]}" --no-deps "llamafactory==0.9.5"
+  "${pip[@]}" -r requirements/cpu-lock.txt
+  # 3. llamafactory/data/mm_plugin.py imports torchaudio at import time. PyPI's torchaudio
+  #    is built against CUDA torch; its compiled extension cannot load beside the CPU torch.
+  #    torchaudio treats a missing extension as "not built" (its pex path), and text SFT
+  #    never calls it, so keep the Python part only.
+  if ! "$PY" -c 'import torchaudio' 2>/dev/null; then
+    "${pip[@]}" --no-deps "torchaudio==2.11.0"
+    "$PY" - <<'PYEOF'
+import importlib.util, pathlib
+spec = importlib.util.find_spec("torchaudio")
+lib = pathlib.Path(spec.origin).parent / "lib"
+for so in lib.glob("*.so"):
+    so.unlink()
+PYEOF
+  fi
+  # 4. tlf itself, editable, with the test runner.
+  "${pip[@]}" --no-deps -e .
+  "${pip[@]}" "pytest>=8,<10"
+  "$PY" -c 'import llamafactory.data.mm_plugin, telecom_lf.cli' >/dev/null
+  echo "$stamp" > "$VENV/.tlf-stamp"
+}
+
+run_tests() {
+  setup
+  local slurm_started=0
+  if [[ "${TLF_SKIP_SLURM:-0}" != 1 && -x slurm/start-slurm.sh ]]; then
+    if slurm/start-slurm.sh >&2; then slurm_started=1; else echo "[tlf] Slurm did not start: slurm tests will skip" >&2; fi
+  fi
+  set +e
+  "$PY" -m pytest "$@"
+  local rc=$?
+  set -e
+  if [[ $slurm_started == 1 ]]; then slurm/stop-slurm.sh >&2 || true; fi
+  return $rc
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) shift; setup; exec "$VENV/bin/tlf" demo "$@" ;;
+  test) shift; run_tests "$@" ;;
+  shell-env) echo "source $VENV/bin/activate" ;;
+  *) echo "usage: ./dev.sh {demo|test|setup|shell-env} [args]" >&2; exit 2 ;;
+esac

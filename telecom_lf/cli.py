@@ -1,0 +1,170 @@
+"""The ``tlf`` command line: one click group, one sub-command per stage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import TlfError
+
+
+class _Group(click.Group):
+    """Turns a TlfError anywhere below into one clear message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TlfError as error:
+            click.echo(f"tlf: error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tlf")
+def main() -> None:
+    """tlf: the blog's telecom-QA LoRA study on LLaMA-Factory and Slurm, as one tool."""
+
+
+@main.group(cls=_Group)
+def data() -> None:
+    """Data stage: synthetic or real competition rows -> Alpaca JSON, subsets, checks."""
+
+
+@data.command("synth")
+@click.option("--rows", "n_rows", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV/XLSX/JSON/JSONL file, by suffix, with the competition's columns.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def data_synth(n_rows: int, seed: int, out: Path, force: bool) -> None:
+    """Write competition-like raw rows (用户问题, 答案); same seed, same bytes."""
+    from . import data as data_stage
+
+    data_stage.write_synthetic(out, n_rows=n_rows, seed=seed, force=force)
+    click.echo(f"wrote {n_rows} rows to {out}")
+
+
+@data.command("import")
+@click.argument("raw", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--name", default="telecom_all", show_default=True, help="Output file stem.")
+@click.option("--question-column", default="用户问题", show_default=True)
+@click.option("--answer-column", default="答案", show_default=True)
+@click.option("--category-column", default=None,
+              help="Balance by this column; default: the label before '_' of the answer's first item.")
+@click.option("--encoding", default=None, help="Source encoding; default: UTF-8, else GB18030.")
+@click.option("--sheet", default=None, help="XLSX sheet name (default: the first).")
+@click.option("--instruction", default=None,
+              help="Instruction template with {question}; default: the blog's, byte for byte.")
+@click.option("--drop-duplicates", is_flag=True, help="Keep the first of identical rows instead of failing.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files that differ.")
+def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answer_column: str,
+                category_column: str | None, encoding: str | None, sheet: str | None,
+                instruction: str | None, drop_duplicates: bool, force: bool) -> None:
+    """Read the competition file (CSV/XLSX/JSON/JSONL) and write Alpaca JSON."""
+    from . import data as data_stage
+
+    rows = data_stage.read_raw(raw, question_column, answer_column, category_column,
+                               encoding, sheet, drop_duplicates)
+    result = data_stage.import_rows(rows, raw, out_dir, name,
+                                    instruction or data_stage.BLOG_INSTRUCTION, force)
+    click.echo(f"wrote {result.rows} rows to {result.data_file} (categories in {result.meta_file.name})")
+
+
+@data.command("split")
+@click.argument("imported", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the subsets (default: beside IMPORTED).")
+@click.option("--mode", type=click.Choice(["holdout", "blog"]), default="holdout", show_default=True,
+              help="blog: also write <prefix>_train_<N> with every row, as the blog did (test rows leak).")
+@click.option("--test-size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--train-sizes", default="100,400", show_default=True, help="Nested train subset sizes.")
+@click.option("--prefix", default="telecom", show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--register-into", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="dataset_info.json to merge the entries into (default: OUT/dataset_info.json).")
+@click.option("--force", is_flag=True, help="Overwrite differing files and entries.")
+def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, train_sizes: str,
+               prefix: str, seed: int, register_into: Path | None, force: bool) -> None:
+    """Cut seeded, class-balanced subsets (largest remainder) and register them."""
+    from . import data as data_stage
+
+    try:
+        sizes = tuple(int(s) for s in train_sizes.split(",") if s.strip())
+    except ValueError as error:
+        raise TlfError(f"--train-sizes {train_sizes!r}: expected comma-separated integers") from error
+    records, categories, meta = data_stage.load_imported(imported)
+    requests = data_stage.default_requests(test_size, sizes, prefix, mode)
+    plan = data_stage.plan_splits(categories, requests, seed, mode)
+    files, manifest = data_stage.render_splits(records, categories, plan, meta, imported)
+    out_dir = out_dir or imported.parent
+    data_stage.write_splits(out_dir, files, manifest, force, register_into)
+    for warning in plan.warnings:
+        click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
+    for name, split in manifest["splits"].items():
+        click.echo(f"{name:28s} {split['rows']:6d} rows  ({split['role']})")
+    click.echo(f"manifest: {out_dir / data_stage.MANIFEST}")
+
+
+@data.command("check")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--strict", is_flag=True, help="Exit 1 when any problem (leakage included) is found.")
+def data_check(manifest: Path, strict: bool) -> None:
+    """Report train/test leakage, duplicates, empty answers and class counts per split."""
+    from . import data as data_stage
+
+    report = data_stage.check(manifest)
+    click.echo(report.table.to_string())
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}")
+    if not report.problems:
+        click.echo("no leakage, duplicates or empty answers found")
+    if strict and report.problems:
+        sys.exit(1)
+
+
+@data.command("register")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--into", "info", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The dataset_info.json to merge into, e.g. LLaMA-Factory/data/dataset_info.json.")
+@click.option("--force", is_flag=True, help="Replace entries of the same name that differ.")
+def data_register(manifest: Path, info: Path, force: bool) -> None:
+    """Merge a split's entries into another dataset_info.json, keeping all its entries."""
+    import json
+
+    from . import data as data_stage
+
+    manifest = manifest / data_stage.MANIFEST if manifest.is_dir() else manifest
+    if not manifest.exists():
+        raise TlfError(f"{manifest}: no split manifest")
+    splits = json.loads(manifest.read_text(encoding="utf-8"))["splits"]
+    entries = {name: data_stage.dataset_entry(
+        data_stage.relative_file(manifest.parent / s["file"], info.parent)) for name, s in splits.items()}
+    changed = data_stage.register(info, entries, force)
+    click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
+
+
+@main.group(cls=_Group)
+def model() -> None:
+    """Local models for tests and the demo."""
+
+
+@model.command("tiny")
+@click.option("--arch", type=click.Choice(["gemma", "llama"]), default="gemma", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Replace an existing model directory.")
+def model_tiny(arch: str, out: Path, force: bool) -> None:
+    """Build a tiny random-weight causal LM with a locally trained tokenizer."""
+    from . import tiny
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise TlfError(f"{out} exists and is not empty; pass --force to replace it")
+    tiny.build(out, tiny.TinySpec(arch=arch))
+    click.echo(f"wrote tiny {arch} model to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,531 @@
+"""Data stage: the competition file -> Alpaca JSON, balanced subsets, leakage check, registration.
+
+Data flows one way: ``read_raw`` (validated rows) -> ``import_rows`` (Alpaca JSON + meta) ->
+``plan_splits`` (pure: which rows go where) -> ``write_splits`` (files, manifest,
+dataset_info.json). Nothing is written until every check has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import synth
+from .errors import TlfError
+from .fsutil import atomic_write, sha256_bytes, sha256_file
+
+# The blog's instruction, byte for byte: ASCII commas, full-width question mark.
+BLOG_INSTRUCTION = "回答中国电信手机用户的问题,{question},应该怎么做？"
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+DATA_INFO = "dataset_info.json"
+MANIFEST = "split_manifest.json"
+READABLE_SUFFIXES = (".csv", ".xlsx", ".xls", ".json", ".jsonl")
+# Tried in order when no --encoding is given: a UTF-8 file (with or without BOM) never
+# decodes as GB18030 by accident in practice, and GB18030 is a superset of GBK/GB2312.
+FALLBACK_ENCODINGS = ("utf-8-sig", "gb18030")
+
+
+@dataclass(frozen=True)
+class RawRow:
+    line: int          # 1-based position in the source: CSV/XLSX row, JSONL line, JSON record
+    question: str
+    answer: str
+    category: str
+
+
+def category_of(answer: str) -> str:
+    """The balancing key derived from an answer: the label before ``_`` of its first item.
+
+    ``业务简介_111|9.9|开通方式_98`` -> ``业务简介``; an item without ``_`` is its own label.
+    """
+    first = answer.split("|", 1)[0].strip()
+    return first.split("_", 1)[0] if "_" in first else first
+
+
+def normalise_question(text: str) -> str:
+    """NFKC, lower case, no whitespace or punctuation: finds near-identical questions."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    return "".join(ch for ch in folded if not (ch.isspace() or unicodedata.category(ch)[0] in "PS"))
+
+
+# ---------------------------------------------------------------- reading raw files
+
+
+def _read_text(path: Path, encoding: str | None) -> tuple[str, str]:
+    blob = path.read_bytes()
+    for candidate in (encoding,) if encoding else FALLBACK_ENCODINGS:
+        try:
+            return blob.decode(candidate), candidate
+        except (UnicodeDecodeError, LookupError) as error:
+            last = error
+    tried = encoding or " or ".join(FALLBACK_ENCODINGS)
+    raise TlfError(f"{path}: cannot decode as {tried} ({last}); pass --encoding")
+
+
+def _read_frame(path: Path, encoding: str | None, sheet: str | None) -> tuple[pd.DataFrame, int, str]:
+    """The raw table as strings, the 1-based line of its first data row, and the encoding."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        import io
+
+        text, used = _read_text(path, encoding)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
+                            skip_blank_lines=False)
+        return frame, 2, used
+    if suffix in (".xlsx", ".xls"):
+        try:
+            frame = pd.read_excel(path, sheet_name=sheet or 0, dtype=str, keep_default_na=False)
+        except ValueError as error:  # unknown sheet name
+            raise TlfError(f"{path}: {error}") from error
+        return frame, 2, "xlsx"
+    if suffix == ".jsonl":
+        text, used = _read_text(path, encoding)
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            try:
+                records.append(json.loads(line) if line.strip() else {})
+            except json.JSONDecodeError as error:
+                raise TlfError(f"{path}: line {number}: not a JSON object ({error.msg})") from error
+        return pd.DataFrame(records, dtype=str).fillna(""), 1, used
+    if suffix == ".json":
+        text, used = _read_text(path, encoding)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise TlfError(f"{path}: line {error.lineno}: invalid JSON ({error.msg})") from error
+        if not isinstance(records, list):
+            raise TlfError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+        return pd.DataFrame(records, dtype=str).fillna(""), 1, used
+    raise TlfError(f"{path}: unsupported file type {suffix!r}; expected one of {READABLE_SUFFIXES}")
+
+
+def read_raw(
+    path: Path,
+    question_column: str = synth.QUESTION_COLUMN,
+    answer_column: str = synth.ANSWER_COLUMN,
+    category_column: str | None = None,
+    encoding: str | None = None,
+    sheet: str | None = None,
+    drop_duplicates: bool = False,
+) -> list[RawRow]:
+    """Validated rows of a competition-like file; the first problem found is a TlfError."""
+    path = Path(path)
+    if not path.is_file():
+        raise TlfError(f"{path}: no such file")
+    frame, first_line, _ = _read_frame(path, encoding, sheet)
+    wanted = [question_column, answer_column] + ([category_column] if category_column else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        where = f"{path} (sheet {sheet or 'first'})" if path.suffix.lower() in (".xlsx", ".xls") else str(path)
+        raise TlfError(f"{where}: missing column(s) {missing}; found {list(map(str, frame.columns))}")
+    unit = "line" if path.suffix.lower() in (".csv", ".jsonl") else "row" if path.suffix.lower() != ".json" else "record"
+    rows: list[RawRow] = []
+    seen: dict[tuple[str, str], int] = {}
+    for offset, record in enumerate(frame[wanted].itertuples(index=False)):
+        line = first_line + offset
+        values = ["" if (isinstance(v, float) and math.isnan(v)) else str(v) for v in record]
+        question, answer = values[0].strip(), values[1].strip()
+        if not any(v.strip() for v in values):
+            raise TlfError(f"{path}: {unit} {line}: blank row")
+        if not question:
+            raise TlfError(f"{path}: {unit} {line}, column {question_column!r}: empty question")
+        if not answer:
+            raise TlfError(f"{path}: {unit} {line}, column {answer_column!r}: empty or whitespace answer")
+        key = (question, answer)
+        if key in seen:
+            if drop_duplicates:
+                continue
+            raise TlfError(f"{path}: {unit} {line}: duplicate of {unit} {seen[key]} "
+                           f"(same {question_column!r} and {answer_column!r}); pass --drop-duplicates to keep the first")
+        seen[key] = line
+        category = values[2].strip() if category_column else category_of(answer)
+        if not category:
+            raise TlfError(f"{path}: {unit} {line}, column {category_column!r}: empty category")
+        rows.append(RawRow(line, question, answer, category))
+    if not rows:
+        raise TlfError(f"{path}: no data rows")
+    return rows
+
+
+def to_alpaca(rows: list[RawRow], instruction: str = BLOG_INSTRUCTION) -> list[dict[str, str]]:
+    if "{question}" not in instruction:
+        raise TlfError(f"instruction template {instruction!r} has no {{question}} placeholder")
+    return [{"instruction": instruction.format(question=r.question), "input": "", "output": r.answer}
+            for r in rows]
+
+
+def dump_alpaca(records: list[dict]) -> bytes:
+    return (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _write_new(path: Path, payload: bytes, force: bool) -> None:
+    """Write unless a different file is already there (refused without ``force``)."""
+    if path.exists() and not force and path.read_bytes() != payload:
+        raise TlfError(f"{path} exists with different content; pass --force to overwrite")
+    atomic_write(path, payload)
+
+
+def write_synthetic(out: Path, n_rows: int, seed: int, force: bool = False) -> None:
+    rows = synth.generate(n_rows, seed)
+    frame = pd.DataFrame({synth.QUESTION_COLUMN: [r.question for r in rows],
+                          synth.ANSWER_COLUMN: [r.answer for r in rows]})
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        payload = frame.to_csv(index=False).encode("utf-8")
+    elif suffix == ".json":
+        payload = (frame.to_json(orient="records", force_ascii=False, indent=2) + "\n").encode("utf-8")
+    elif suffix == ".jsonl":
+        payload = frame.to_json(orient="records", force_ascii=False, lines=True).encode("utf-8")
+    elif suffix == ".xlsx":
+        import io
+
+        buffer = io.BytesIO()
+        frame.to_excel(buffer, index=False)
+        payload = buffer.getvalue()
+    else:
+        raise TlfError(f"{out}: unsupported output type {suffix!r}; use .csv, .json, .jsonl or .xlsx")
+    if out.exists() and not force:
+        raise TlfError(f"{out} exists; pass --force to overwrite")
+    atomic_write(out, payload)
+
+
+# ---------------------------------------------------------------- import
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    data_file: Path
+    meta_file: Path
+    rows: int
+
+
+def import_rows(rows: list[RawRow], source: Path, out_dir: Path, name: str,
+                instruction: str = BLOG_INSTRUCTION, force: bool = False) -> ImportResult:
+    """Write ``NAME.json`` (Alpaca, the blog's three keys) and ``NAME.meta.json`` (categories)."""
+    _check_name(name)
+    payload = dump_alpaca(to_alpaca(rows, instruction))
+    meta = {
+        "source": str(Path(source).resolve()),
+        "source_sha256": sha256_file(Path(source)),
+        "instruction": instruction,
+        "rows": len(rows),
+        "categories": [r.category for r in rows],
+        "source_lines": [r.line for r in rows],
+    }
+    data_file, meta_file = out_dir / f"{name}.json", out_dir / f"{name}.meta.json"
+    meta_payload = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    for path, blob in ((data_file, payload), (meta_file, meta_payload)):
+        if path.exists() and not force and path.read_bytes() != blob:
+            raise TlfError(f"{path} exists with different content; pass --force to overwrite")
+    _write_new(data_file, payload, force)
+    _write_new(meta_file, meta_payload, force)
+    return ImportResult(data_file, meta_file, len(rows))
+
+
+def load_imported(data_file: Path) -> tuple[list[dict], list[str], dict]:
+    """Alpaca records, their categories (from the meta file, else derived), and the meta."""
+    data_file = Path(data_file)
+    try:
+        records = json.loads(data_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TlfError(f"{data_file}: cannot read Alpaca JSON ({error})") from error
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "output" in r for r in records):
+        raise TlfError(f"{data_file}: expected a list of records with 'instruction' and 'output'")
+    meta_file = data_file.with_name(data_file.stem + ".meta.json")
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
+    categories = meta.get("categories") or [category_of(str(r["output"])) for r in records]
+    if len(categories) != len(records):
+        raise TlfError(f"{meta_file}: {len(categories)} categories for {len(records)} records")
+    return records, categories, meta
+
+
+# ---------------------------------------------------------------- splitting
+
+
+@dataclass(frozen=True)
+class SubsetRequest:
+    name: str
+    size: int | None     # None: every row left in the pool (e.g. train_all)
+    role: str            # "train" or "test"
+
+
+@dataclass
+class SplitPlan:
+    mode: str
+    seed: int
+    subsets: dict[str, list[int]] = field(default_factory=dict)   # name -> sorted row indices
+    roles: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise TlfError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' only")
+
+
+def largest_remainder(total: int, counts: dict[str, int], caps: dict[str, int]) -> dict[str, int]:
+    """Per-class quotas summing to ``total``, proportional to ``counts``, each at most its cap.
+
+    Floors first, then one extra row to the classes with the largest fractional part (ties
+    by class name, so the result is deterministic). Each quota is within one row of the
+    exact proportion.
+    """
+    grand = sum(counts.values())
+    exact = {c: total * n / grand for c, n in counts.items()}
+    quotas = {c: math.floor(v) for c, v in exact.items()}
+    for c, q in quotas.items():
+        if q > caps.get(c, 0):
+            raise TlfError(f"class {c!r} is too small for the requested split: needs {q} rows, "
+                           f"{caps.get(c, 0)} left")
+    order = sorted(exact, key=lambda c: (-(exact[c] - quotas[c]), c))
+    missing = total - sum(quotas.values())
+    for c in order:
+        if missing == 0:
+            break
+        if quotas[c] < caps.get(c, 0) and exact[c] > quotas[c]:
+            quotas[c] += 1
+            missing -= 1
+    if missing:
+        raise TlfError(f"cannot take {total} rows in the data's proportions: the classes are too small")
+    return quotas
+
+
+def default_requests(test_size: int = 100, train_sizes: tuple[int, ...] = (100, 400),
+                     prefix: str = "telecom", mode: str = "holdout") -> list[SubsetRequest]:
+    """The blog's subsets; ``holdout`` adds ``<prefix>_train_all`` (every row not held out)."""
+    requests = [SubsetRequest(f"{prefix}_test_{test_size}", test_size, "test")]
+    requests += [SubsetRequest(f"{prefix}_train_{n}", n, "train") for n in sorted(set(train_sizes))]
+    if mode == "holdout":
+        requests.append(SubsetRequest(f"{prefix}_train_all", None, "train"))
+    return requests
+
+
+def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int = 42,
+                mode: str = "holdout") -> SplitPlan:
+    """Which rows go to which subset. Pure: same inputs, same plan.
+
+    ``holdout``: test subsets are cut first from the whole data; train subsets are nested
+    (each smaller one inside the next) and drawn from the rows no test subset took.
+    ``blog``: as ``holdout``, plus ``<prefix>_train_<N>`` = every row, as the blog trained
+    on the whole file: its test rows are inside that training set.
+    """
+    if mode not in ("holdout", "blog"):
+        raise TlfError(f"unknown split mode {mode!r}; expected 'holdout' or 'blog'")
+    for request in requests:
+        _check_name(request.name)
+        if request.size is not None and request.size < 1:
+            raise TlfError(f"subset {request.name}: size must be at least 1, got {request.size}")
+    plan = SplitPlan(mode=mode, seed=seed)
+    counts = Counter(categories)
+    rng = random.Random(seed)
+    # One shuffled order per class: test rows come from its front, nested train rows after.
+    order = {c: [i for i, k in enumerate(categories) if k == c] for c in sorted(counts)}
+    for c in order:
+        rng.shuffle(order[c])
+    taken = {c: 0 for c in order}  # rows of each class's order used by test subsets
+    for request in [r for r in requests if r.role == "test"]:
+        caps = {c: len(order[c]) - taken[c] for c in order}
+        size = request.size if request.size is not None else sum(caps.values())
+        if size > sum(caps.values()):
+            raise TlfError(f"subset {request.name}: asks for {size} rows, only {sum(caps.values())} left")
+        quotas = largest_remainder(size, counts, caps)
+        chosen = [i for c in order for i in order[c][taken[c]:taken[c] + quotas[c]]]
+        for c in order:
+            taken[c] += quotas[c]
+        plan.subsets[request.name], plan.roles[request.name] = sorted(chosen), "test"
+    pool = {c: order[c][taken[c]:] for c in order}
+    caps = {c: len(rows) for c, rows in pool.items()}
+    previous: dict[str, int] | None = None
+    trains = sorted((r for r in requests if r.role == "train"),
+                    key=lambda r: math.inf if r.size is None else r.size)
+    for request in trains:
+        available = sum(caps.values())
+        size = available if request.size is None else request.size
+        if size > available:
+            raise TlfError(f"subset {request.name}: asks for {size} rows, only {available} left "
+                           f"after the test subsets")
+        quotas = caps if request.size is None else largest_remainder(size, counts, caps)
+        if previous and any(quotas[c] < previous[c] for c in quotas):
+            raise TlfError(f"subset {request.name}: cannot contain the smaller train subset in "
+                           "the data's proportions; choose sizes further apart")
+        plan.subsets[request.name] = sorted(i for c in pool for i in pool[c][:quotas[c]])
+        plan.roles[request.name] = "train"
+        previous = quotas
+    if mode == "blog":
+        everything = f"{_prefix(requests)}_train_{len(categories)}"
+        plan.subsets[everything], plan.roles[everything] = list(range(len(categories))), "train"
+        plan.warnings.append(
+            f"blog mode: {everything} holds every row, so the rows of "
+            f"{', '.join(n for n, r in plan.roles.items() if r == 'test')} are inside its "
+            "training set; scores on them measure recall of seen rows, not generalisation")
+    return plan
+
+
+def _prefix(requests: list[SubsetRequest]) -> str:
+    return requests[0].name.split("_", 1)[0] if requests else "telecom"
+
+
+def dataset_entry(file_name: str) -> dict:
+    return {"file_name": file_name, "columns": dict(ALPACA_COLUMNS)}
+
+
+def render_splits(records: list[dict], categories: list[str], plan: SplitPlan, meta: dict,
+                  source_file: Path) -> tuple[dict[str, bytes], dict]:
+    """File name -> bytes for every subset, and the manifest describing them."""
+    files: dict[str, bytes] = {}
+    splits: dict[str, dict] = {}
+    for name, indices in plan.subsets.items():
+        blob = dump_alpaca([records[i] for i in indices])
+        files[f"{name}.json"] = blob
+        cats = [categories[i] for i in indices]
+        splits[name] = {
+            "file": f"{name}.json",
+            "sha256": sha256_bytes(blob),
+            "role": plan.roles[name],
+            "rows": len(indices),
+            "class_counts": dict(sorted(Counter(cats).items())),
+            "categories": cats,
+            "source_rows": indices,
+        }
+    manifest = {
+        "tool": "tlf",
+        "mode": plan.mode,
+        "seed": plan.seed,
+        "source": str(Path(source_file).resolve()),
+        "source_sha256": sha256_file(Path(source_file)),
+        "raw_source": meta.get("source"),
+        "raw_source_sha256": meta.get("source_sha256"),
+        "class_counts": dict(sorted(Counter(categories).items())),
+        "warnings": plan.warnings,
+        "splits": splits,
+    }
+    return files, manifest
+
+
+def write_splits(out_dir: Path, files: dict[str, bytes], manifest: dict, force: bool = False,
+                 register_into: Path | None = None) -> None:
+    """Write every subset, then the manifest, then register; refuse before writing anything."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        path = out_dir / name
+        if path.exists() and not force and path.read_bytes() != blob:
+            raise TlfError(f"{path} exists with different content; pass --force to overwrite")
+    info = register_into or out_dir / DATA_INFO
+    entries = {n: dataset_entry(relative_file(out_dir / s["file"], info.parent))
+               for n, s in manifest["splits"].items()}
+    check_registration(info, entries, force)
+    for name, blob in files.items():
+        atomic_write(out_dir / name, blob)
+    atomic_write(out_dir / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    register(info, entries, force)
+
+
+def relative_file(data_file: Path, info_dir: Path) -> str:
+    import os
+
+    try:
+        return os.path.relpath(data_file.resolve(), info_dir.resolve())
+    except ValueError:
+        return str(data_file.resolve())
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _load_info(info: Path) -> dict:
+    if not info.exists():
+        return {}
+    try:
+        loaded = json.loads(info.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TlfError(f"{info}: not valid JSON ({error}); refusing to touch it") from error
+    if not isinstance(loaded, dict):
+        raise TlfError(f"{info}: expected a JSON object of dataset entries")
+    return loaded
+
+
+def check_registration(info: Path, entries: dict[str, dict], force: bool) -> None:
+    existing = _load_info(info)
+    for name, entry in entries.items():
+        if name in existing and existing[name] != entry and not force:
+            raise TlfError(f"{info}: entry {name!r} exists and differs "
+                           f"(has {json.dumps(existing[name], ensure_ascii=False)}); pass --force to replace it")
+
+
+def register(info: Path, entries: dict[str, dict], force: bool = False) -> list[str]:
+    """Merge ``entries`` into ``info`` under a lock, keeping every other entry and the order.
+
+    Returns the names that changed. An identical entry is a no-op; a different one under
+    the same name is refused unless ``force`` (then replaced in place).
+    """
+    from filelock import FileLock
+
+    info = Path(info)
+    info.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(info) + ".lock", timeout=60):
+        existing = _load_info(info)
+        check_registration(info, entries, force)
+        changed = [n for n, e in entries.items() if existing.get(n) != e]
+        if not changed:
+            return []
+        merged = dict(existing)
+        for name in changed:
+            merged[name] = entries[name]
+        atomic_write(info, json.dumps(merged, ensure_ascii=False, indent=2) + "\n")
+        return changed
+
+
+# ---------------------------------------------------------------- checks
+
+
+@dataclass
+class CheckReport:
+    table: pd.DataFrame
+    problems: list[str]
+
+
+def check(manifest_path: Path) -> CheckReport:
+    """Leakage between train and test subsets, duplicates, empty answers, class counts."""
+    manifest_path = Path(manifest_path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / MANIFEST
+    if not manifest_path.exists():
+        raise TlfError(f"{manifest_path}: no split manifest; run `tlf data split` first")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    base = manifest_path.parent
+    loaded = {name: json.loads((base / s["file"]).read_text(encoding="utf-8"))
+              for name, s in manifest["splits"].items()}
+    problems: list[str] = list(manifest.get("warnings", []))
+    for name, records in loaded.items():
+        pairs = Counter((r["instruction"], r["input"], r["output"]) for r in records)
+        duplicates = sum(n - 1 for n in pairs.values() if n > 1)
+        if duplicates:
+            problems.append(f"{name}: {duplicates} duplicate rows")
+        empty = sum(1 for r in records if not str(r["output"]).strip())
+        if empty:
+            problems.append(f"{name}: {empty} empty answers")
+    roles = {n: s["role"] for n, s in manifest["splits"].items()}
+    for test in [n for n, r in roles.items() if r == "test"]:
+        test_q = {r["instruction"] for r in loaded[test]}
+        test_norm = {normalise_question(r["instruction"]) for r in loaded[test]}
+        test_qa = {(r["instruction"], r["output"]) for r in loaded[test]}
+        for train in [n for n, r in roles.items() if r == "train"]:
+            same_q = sum(1 for r in loaded[train] if r["instruction"] in test_q)
+            same_norm = sum(1 for r in loaded[train] if normalise_question(r["instruction"]) in test_norm)
+            same_qa = sum(1 for r in loaded[train] if (r["instruction"], r["output"]) in test_qa)
+            if same_qa or same_q or same_norm:
+                problems.append(f"leakage {train} -> {test}: {train} rows whose question+answer is in "
+                                f"{test}: {same_qa}; same question: {same_q}; same question after "
+                                f"normalising (NFKC, case, spaces, punctuation): {same_norm}")
+    counts = {n: s["class_counts"] for n, s in manifest["splits"].items()}
+    table = pd.DataFrame(counts).fillna(0).astype(int)
+    table.loc["total"] = table.sum()
+    return CheckReport(table=table, problems=problems)

@@ -1,0 +1,90 @@
+"""Shared fixtures: offline Hugging Face, tiny local models, synthetic telecom data, and a
+runner for the real ``llamafactory-cli``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Nothing may be downloaded: every model and data set is built here.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "DISABLE_VERSION_CHECK": "0", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
+os.environ.update(OFFLINE)
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CACHE = Path(os.environ.get("TLF_TEST_CACHE", REPO / ".cache" / "tests"))
+
+
+def tlf_bin() -> str:
+    return str(BIN / "tlf")
+
+
+def lf_cli() -> str:
+    return str(BIN / "llamafactory-cli")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma() -> Path:
+    from telecom_lf import tiny
+
+    return tiny.cached(CACHE / "models", tiny.TinySpec(arch="gemma"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> Path:
+    from telecom_lf import tiny
+
+    return tiny.cached(CACHE / "models", tiny.TinySpec(arch="llama"))
+
+
+@pytest.fixture(scope="session")
+def telecom_dir(tmp_path_factory) -> Path:
+    """5000 synthetic rows imported and split as ``tlf data`` does (holdout mode)."""
+    from telecom_lf import data
+
+    root = tmp_path_factory.mktemp("telecom")
+    raw = root / "raw.csv"
+    data.write_synthetic(raw, n_rows=5000, seed=0)
+    rows = data.read_raw(raw)
+    imported = data.import_rows(rows, raw, root / "data", "telecom_all")
+    records, categories, meta = data.load_imported(imported.data_file)
+    plan = data.plan_splits(categories, data.default_requests(), seed=42)
+    files, manifest = data.render_splits(records, categories, plan, meta, imported.data_file)
+    data.write_splits(root / "data", files, manifest)
+    return root / "data"
+
+
+def add_dataset(dataset_dir: Path, name: str, records: list[dict]) -> None:
+    """Write ``records`` as an Alpaca file and register it (test-only data sets)."""
+    from telecom_lf import data
+
+    (dataset_dir / f"{name}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    data.register(dataset_dir / data.DATA_INFO, {name: data.dataset_entry(f"{name}.json")})
+
+
+def run_llamafactory(config: dict, workdir: Path, name: str = "cfg", timeout: int = 600,
+                     check: bool = True) -> subprocess.CompletedProcess:
+    """Write ``config`` as YAML and run the real ``llamafactory-cli train`` on it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    env = {**os.environ, **OFFLINE}
+    result = subprocess.run([lf_cli(), "train", str(path)], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    (workdir / f"{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+    if check and result.returncode != 0:
+        raise AssertionError(f"llamafactory-cli train {path} failed ({result.returncode}):\n"
+                             + (result.stdout + result.stderr)[-4000:])
+    return result
+
+
+def exact_match(predictions: Path) -> float:
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line]
+    return sum(r["predict"].strip() == r["label"].strip() for r in rows) / len(rows)
