@@ -147,6 +147,255 @@ def data_register(manifest: Path, info: Path, force: bool) -> None:
     click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
 
 
+SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a spec key (dotted, YAML value), e.g. model=/models/tiny "
+                               "or predict.fp16=false. Repeatable.")
+
+
+def _load_spec(spec_path: Path, overrides) -> "object":
+    from . import spec as spec_mod
+
+    return spec_mod.load(spec_path, list(overrides))
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
+@click.option("--force", is_flag=True, help="Re-render over runs that already have outputs.")
+@SET_OPTION
+def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) -> None:
+    """Render SPEC into LLaMA-Factory YAMLs, sbatch files and manifests, one directory per run."""
+    from . import render as render_mod
+
+    spec = _load_spec(spec_path, overrides)
+    runs, files = render_mod.plan_and_render(spec, out)
+    if dry_run:
+        for path, blob in sorted(files.items()):
+            state = "same" if path.exists() and path.read_bytes() == blob else "write"
+            click.echo(f"{state:5s} {path}  ({len(blob)} bytes)")
+        click.echo(f"{len(runs)} run(s); dry run: nothing written")
+        return
+    changed = render_mod.write_files(files, force)
+    for run in runs:
+        click.echo(f"{run.name:40s} {render_mod.layout(spec, out).run_dir(run)}")
+    click.echo(f"{len(runs)} run(s), {len(changed)} file(s) written, {len(files) - len(changed)} unchanged")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_name", default=None, help="Diff this run of a sweep (default: the first).")
+@click.option("--all", "show_all", is_flag=True, help="Also list arguments equal to the default.")
+@SET_OPTION
+def diff(spec_path: Path, run_name: str | None, show_all: bool, overrides) -> None:
+    """Every training argument SPEC sets, against the installed LLaMA-Factory's defaults."""
+    from . import diff as diff_mod
+    from . import plan as plan_mod
+
+    spec = _load_spec(spec_path, overrides)
+    runs = plan_mod.expand(spec)
+    chosen = next((r for r in runs if r.name == run_name), None) if run_name else runs[0]
+    if chosen is None:
+        raise TlfError(f"{spec_path}: no run named {run_name!r}; runs: {', '.join(r.name for r in runs)}")
+    click.echo(f"run {chosen.name} of {spec.path}")
+    click.echo(diff_mod.table(spec, chosen, show_all).to_string(index=False))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("what", nargs=-1)
+def step(run_dir: Path, what: tuple[str, ...]) -> None:
+    """Run steps of one rendered run: all | train | predict SET | score (the sbatch entry point).
+
+    A step whose outputs are complete is skipped, so a requeued job goes on where it stopped.
+    """
+    from . import launch
+
+    try:
+        launch.step(run_dir, list(what))
+    except launch.StepFailed as error:
+        click.echo(f"tlf: {error}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--only", "only", multiple=True, help="Run only this run (repeatable).")
+@click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first.")
+@SET_OPTION
+def run(spec_path: Path, out: Path, only, force: bool, overrides) -> None:
+    """Render SPEC and run every step locally, without Slurm, then write the report."""
+    from . import launch
+    from . import render as render_mod
+    from . import report as report_mod
+
+    spec = _load_spec(spec_path, overrides)
+    runs, files = render_mod.plan_and_render(spec, out)
+    names = [r.name for r in runs]
+    unknown = [o for o in only if o not in names]
+    if unknown:
+        raise TlfError(f"--only {unknown[0]!r}: no such run; runs: {', '.join(names)}")
+    selected = [r for r in runs if not only or r.name in only]
+    where = render_mod.layout(spec, out)
+    if force:
+        for chosen in selected:
+            launch.reset_run(where.run_dir(chosen))
+    render_mod.write_files(files, force)
+    failures = []
+    for index, chosen in enumerate(selected, start=1):
+        click.echo(f"[{index}/{len(selected)}] {chosen.name}")
+        try:
+            launch.step(where.run_dir(chosen), ["all"], quiet=True, echo=lambda m: click.echo(f"  {m}"))
+        except launch.StepFailed as error:
+            click.echo(f"  FAILED: {error}", err=True)
+            failures.append(chosen.name)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
+            sys.exit(130)
+    path, table = report_mod.write_report(where.root)
+    click.echo(f"\nreport: {path}")
+    if failures:
+        click.echo(f"{len(failures)} run(s) failed: {', '.join(failures)}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--test-only", is_flag=True, help="Ask `sbatch --test-only` about every script; submit nothing.")
+@click.option("--force", is_flag=True, help="Re-render over runs that already have outputs.")
+@SET_OPTION
+def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) -> None:
+    """Render SPEC and submit it to Slurm; returns at once.
+
+    One run or a model comparison: per run train -> predict(s) -> score chained with afterok.
+    A sweep: one job array (--array=0-N%K). Then one report job after everything.
+    """
+    from . import launch
+    from . import render as render_mod
+    from . import slurm as slurm_mod
+
+    spec = _load_spec(spec_path, overrides)
+    if not spec.cluster:
+        raise TlfError(f"{spec.where('cluster')}: `tlf submit` needs a cluster profile (e.g. cluster: dcu)")
+    runs, files = render_mod.plan_and_render(spec, out)
+    render_mod.write_files(files, force)
+    root = render_mod.layout(spec, out).root
+    if test_only:
+        scripts = [root / r.name / slurm_mod.JOB_SCRIPT for r in runs]
+        scripts += [root / slurm_mod.ARRAY_SCRIPT, root / slurm_mod.REPORT_SCRIPT]
+        results = launch.test_only(scripts)
+        for script, rc, message in results:
+            click.echo(f"{'ok  ' if rc == 0 else 'FAIL'} {script}: {message.splitlines()[-1] if message else ''}")
+        if any(rc for _, rc, _ in results):
+            sys.exit(1)
+        return
+    as_array = spec.sweep is not None and len(runs) > 1
+    try:
+        record = launch.submit(root, [r.name for r in runs], spec.predict_sets, as_array)
+    except launch.StepFailed as error:
+        click.echo(f"tlf: {error}", err=True)
+        sys.exit(1)
+    if as_array:
+        click.echo(f"array {record['array']} ({len(runs)} runs), report {record['report']}")
+    else:
+        for name, ids in record["runs"].items():
+            click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+        click.echo(f"report {record['report']}")
+    click.echo(f"job ids recorded in {root / launch.JOBS}; `tlf status {spec_path}` shows progress")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@SET_OPTION
+def status(spec_path: Path, out: Path, overrides) -> None:
+    """Per run: Slurm job states (squeue/sacct) and which artifacts exist."""
+    import json
+
+    from . import launch
+    from . import plan as plan_mod
+    from . import render as render_mod
+
+    spec = _load_spec(spec_path, overrides)
+    root = render_mod.layout(spec, out).root
+    runs = plan_mod.expand(spec)
+    history = json.loads((root / launch.JOBS).read_text()) if (root / launch.JOBS).exists() else []
+    last = history[-1] if history else {"runs": {}}
+    ids = [v for ids in last["runs"].values() for v in ids.values()] + ([last["report"]] if "report" in last else [])
+    states = launch.job_states(ids)
+    for chosen in runs:
+        run_dir = root / chosen.name
+        if not (run_dir / render_mod.MANIFEST).exists():
+            click.echo(f"{chosen.name:36s} not rendered")
+            continue
+        rundir = launch.open_run(run_dir)
+        artifacts = ["train:" + ("done" if launch.train_done(rundir) else "-" if rundir.trains else "n/a")]
+        artifacts += [f"predict[{s}]:" + ("done" if launch.predict_done(rundir, s) else "-") for s in rundir.predict_sets]
+        artifacts.append("score:" + ("done" if launch.score_done(rundir) else "-"))
+        jobs = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in last["runs"].get(chosen.name, {}).items())
+        click.echo(f"{chosen.name:36s} {' '.join(artifacts)}  {jobs}")
+    if "report" in last:
+        click.echo(f"report job {last['report']}: {states.get(last['report'], '?')}")
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "manifest", type=click.Path(path_type=Path), default=None,
+              help="Split manifest (or its directory) for per-category accuracy.")
+@click.option("--split", default=None, help="The split the predictions are of (default: from the path).")
+@click.option("--long-threshold", type=click.IntRange(min=0), default=10, show_default=True,
+              help="A label longer than this many characters is a 'long answer'.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the scores as JSON here.")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed lines (counted) instead of failing.")
+def score(predictions: Path, manifest: Path | None, split: str | None, long_threshold: int,
+          json_out: Path | None, skip_bad: bool) -> None:
+    """Score a generated_predictions.jsonl: exact match, long-answer recall, BLEU/ROUGE, item F1."""
+    import json
+
+    from . import score as score_mod
+    from .fsutil import atomic_write
+
+    read = score_mod.read_predictions(predictions, skip_bad)
+    categories = None
+    if manifest is not None:
+        split = split or predictions.parent.name.removeprefix("predict-")
+        categories = score_mod.categories_for(manifest, split)
+    scores = score_mod.score_rows(read.rows, long_threshold, categories)
+    scores["skipped"] = len(read.skipped)
+    scores["format"] = read.format
+    for message in read.skipped:
+        click.echo(f"skipped: {message}", err=True)
+    click.echo(score_mod.format_table(scores))
+    if json_out:
+        atomic_write(json_out, json.dumps(scores, ensure_ascii=False, indent=2) + "\n")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report directory (default: <experiment>/report).")
+@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Where the experiment was rendered (render's --out).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The experiment directory itself (what report.sbatch passes), instead of SPEC.")
+@SET_OPTION
+def report(spec_path: Path | None, out: Path | None, runs_root: Path, root: Path | None, overrides) -> None:
+    """One comparison table (Markdown, CSV) and plots over every run of an experiment."""
+    from . import render as render_mod
+    from . import report as report_mod
+
+    if root is None:
+        if spec_path is None:
+            raise TlfError("give SPEC or --root EXPERIMENT_DIR")
+        root = render_mod.layout(_load_spec(spec_path, overrides), runs_root).root
+    path, table = report_mod.write_report(root, out)
+    click.echo(table.to_string(index=False))
+    click.echo(f"\nreport: {path}")
+
+
 @main.group(cls=_Group)
 def model() -> None:
     """Local models for tests and the demo."""

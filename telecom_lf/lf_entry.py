@@ -1,0 +1,50 @@
+"""``tlf-lf``: ``llamafactory-cli`` with tlf's blog-era templates registered in every process.
+
+Usage is llamafactory-cli's own: ``tlf-lf train cfg.yaml [key=value ...]``. For distributed
+runs LLaMA-Factory's launcher re-executes ``llamafactory/launcher.py`` under torchrun; each
+worker is a fresh interpreter that would not know tlf's templates, so the launcher is pointed
+at this file instead, whose ``__main__`` registers them and then runs the same ``run_exp``.
+Every launch path of tlf (local runs, sbatch scripts, torchrun workers) comes through here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    import os
+
+    if len(sys.argv) > 1 and sys.argv[1] == "slurm-node":
+        # One srun task per node (see templates/_step_body.j2): tell LLaMA-Factory's launcher
+        # where it is. It counts 0 devices on a CPU node, so the card count comes from tlf.
+        sys.argv.pop(1)
+        os.environ["FORCE_TORCHRUN"] = "1"
+        os.environ["NNODES"] = os.environ.get("SLURM_NNODES", "1")
+        os.environ["NODE_RANK"] = os.environ.get("SLURM_NODEID", "0")
+        os.environ["NPROC_PER_NODE"] = os.environ.get("TLF_NPROC_PER_NODE", "1")
+    from telecom_lf.compat import register_blog_templates
+
+    register_blog_templates()
+    from llamafactory import launcher
+
+    # The launcher formats `torchrun ... {__file__} {args}`: make the workers run this file.
+    launcher.__file__ = __file__
+    launcher.launch()
+
+
+def _worker() -> None:
+    from telecom_lf.compat import register_blog_templates
+
+    register_blog_templates()
+    from llamafactory.train.tuner import run_exp
+
+    run_exp()
+
+
+if __name__ == "__main__":
+    # torchrun runs this file directly: argv is the YAML (and overrides), no sub-command.
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "chat", "export", "env", "version", "api", "slurm-node"):
+        main()
+    else:
+        _worker()

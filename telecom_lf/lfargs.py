@@ -1,0 +1,213 @@
+"""What the installed LLaMA-Factory accepts, read from its own argument dataclasses.
+
+``llamafactory-cli train`` parses one YAML with ``HfArgumentParser`` over ModelArguments,
+DataArguments, TrainingArguments, FinetuningArguments and GeneratingArguments. It rejects
+unknown keys but never type-checks values (``learning_rate: 5e-5`` arrives as a string in
+YAML 1.1 and fails deep in the optimiser). tlf reads those dataclasses once per installed
+version — names, accepted types, choices, defaults, help — and caches the result as JSON,
+because importing LLaMA-Factory costs seconds and a warm ``tlf render`` must not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__
+from .fsutil import atomic_write
+
+KINDS = ("bool", "int", "float", "str", "list", "dict", "null", "any")
+
+
+@dataclass(frozen=True)
+class ArgInfo:
+    name: str
+    group: str                  # the dataclass it belongs to
+    kinds: tuple[str, ...]      # accepted YAML kinds
+    choices: tuple[str, ...]    # allowed strings, empty when free
+    default: object             # JSON-able default (enum values as strings)
+    help: str
+
+
+def _kinds_of(annotation) -> tuple[set[str], list[str]]:
+    """Accepted YAML kinds and string choices for one dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        kinds: set[str] = set()
+        choices: list[str] = []
+        free_string = False
+        for arg in typing.get_args(annotation):
+            sub_kinds, sub_choices = _kinds_of(arg)
+            kinds |= sub_kinds
+            choices += sub_choices
+            free_string |= arg is str
+        # `SchedulerType | str` accepts only the enum's values once __post_init__ runs.
+        enum_members = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if free_string and not enum_members:
+            choices = []
+        return kinds, choices
+    if origin is typing.Literal:
+        values = typing.get_args(annotation)
+        kinds = {"bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "null" if v is None else "int"
+                 for v in values}
+        return kinds, [v for v in values if isinstance(v, str)]
+    if annotation is type(None) or annotation is None:
+        return {"null"}, []
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {"str"}, [str(m.value) for m in annotation]
+    if annotation is bool:
+        return {"bool"}, []
+    if annotation is int:
+        return {"int"}, []
+    if annotation is float:
+        return {"float", "int"}, []
+    if annotation is str:
+        return {"str"}, []
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return {"list"}, []
+    if origin is dict or annotation is dict:
+        return {"dict"}, []
+    return {"any"}, []
+
+
+def _jsonable(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _introspect() -> dict[str, dict]:
+    from llamafactory.hparams.parser import _TRAIN_ARGS  # the exact list `llamafactory-cli train` parses
+
+    table: dict[str, dict] = {}
+    for cls in _TRAIN_ARGS:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name in table:
+                continue
+            kinds, choices = _kinds_of(hints.get(f.name, f.type))
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                default = f.default_factory()  # type: ignore[misc]
+            else:
+                default = None
+            table[f.name] = {"group": cls.__name__, "kinds": sorted(kinds), "choices": choices,
+                             "default": _jsonable(default), "help": str(f.metadata.get("help", ""))}
+    return table
+
+
+def installed_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("llamafactory", "transformers", "peft", "trl", "torch"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def cache_path() -> Path:
+    base = Path(os.environ.get("TLF_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlf")
+    versions = installed_versions()
+    key = f"lfargs-tlf{__version__}-lf{versions['llamafactory']}-tf{versions['transformers']}.json"
+    return base / key
+
+
+@lru_cache(maxsize=1)
+def table() -> dict[str, ArgInfo]:
+    """Every argument of the installed LLaMA-Factory's train parser (cached per version)."""
+    path = cache_path()
+    raw = None
+    if path.exists():
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raw = None
+    if raw is None:
+        raw = _introspect()
+        try:
+            atomic_write(path, json.dumps(raw, indent=0, sort_keys=True))
+        except OSError:
+            pass  # a read-only home still renders, just without the cache
+    return {name: ArgInfo(name, d["group"], tuple(d["kinds"]), tuple(d["choices"]), d["default"], d["help"])
+            for name, d in raw.items()}
+
+
+def suggest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_value(name: str, value) -> str | None:
+    """None when ``value`` is acceptable for argument ``name``, else what is wrong with it."""
+    info = table().get(name)
+    if info is None:
+        return f"unknown LLaMA-Factory argument {name!r}{suggest(name, table())}"
+    kind = _yaml_kind(value)
+    if "any" in info.kinds:
+        return None
+    if kind not in info.kinds:
+        hint = ""
+        if kind == "str" and ("float" in info.kinds or "int" in info.kinds):
+            try:
+                float(value)
+                hint = (f" (YAML 1.1 reads {value!r} as a string: write it with a decimal point "
+                        f"and a signed exponent, e.g. 5.0e-5)")
+            except ValueError:
+                pass
+        expected = " or ".join(k for k in info.kinds if k != "null") + (" or null" if "null" in info.kinds else "")
+        return f"expected {expected}, got {kind} {value!r}{hint}"
+    if kind == "str" and info.choices and value not in info.choices:
+        return f"{value!r} is not one of {list(info.choices)}{suggest(value, info.choices)}"
+    return None
+
+
+def _yaml_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "dict"
+    return type(value).__name__
+
+
+def template_names() -> list[str]:
+    """Templates the installed LLaMA-Factory knows, plus tlf's blog-era ones (cached like the table)."""
+    path = cache_path().with_name(cache_path().stem + "-templates.json")
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from llamafactory.data.template import TEMPLATES
+
+    from .compat import BLOG_TEMPLATES
+
+    names = sorted(set(TEMPLATES) | set(BLOG_TEMPLATES))
+    try:
+        atomic_write(path, json.dumps(names))
+    except OSError:
+        pass
+    return names

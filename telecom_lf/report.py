@@ -1,0 +1,256 @@
+"""Every run of an experiment, from what is on disk -> one comparison table and plots.
+
+Missing or failed runs appear as rows with their state; they never stop the report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import render
+from .errors import TlfError
+from .fsutil import atomic_write
+
+METRICS = ["acc", "long_recall", "rouge-1", "bleu-4", "item_f1"]
+DELTA_METRICS = ["acc", "rouge-1"]
+
+
+@dataclass
+class RunRecord:
+    name: str
+    state: str
+    varied: dict
+    baseline: bool
+    row: dict
+    losses: list[tuple[int, float]]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def safetensors_parameters(path: Path) -> int | None:
+    """Parameter count from a safetensors header (no tensor is loaded)."""
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError, struct.error):
+        return None
+    total = 0
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in tensor["shape"]:
+            count *= dim
+        total += count
+    return total
+
+
+def _trainable_from_logs(run_dir: Path) -> int | None:
+    for log in sorted((run_dir / "logs").glob("*")) if (run_dir / "logs").is_dir() else []:
+        try:
+            text = log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        marker = text.rfind("trainable params: ")
+        if marker >= 0:
+            digits = text[marker + len("trainable params: "):].split("|", 1)[0].strip().replace(",", "")
+            if digits.isdigit():
+                return int(digits)
+    return None
+
+
+def _trainer_log(train_dir: Path) -> list[dict]:
+    """LLaMA-Factory's trainer_log.jsonl entries (a torn last line is ignored)."""
+    path = train_dir / "trainer_log.jsonl"
+    entries = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _state(run_dir: Path, trains: bool, predict_sets: list[str]) -> str:
+    if not run_dir.exists():
+        return "missing"
+    if trains and not (run_dir / render.TRAIN_DIR / "train_results.json").exists():
+        return "failed or not trained" if (run_dir / render.TRAIN_DIR).exists() else "not started"
+    if not all((run_dir / render.predict_dir(s) / "generated_predictions.jsonl").exists() for s in predict_sets):
+        return "not predicted"
+    if not (run_dir / "scores.json").exists():
+        return "not scored"
+    return "done"
+
+
+def gather(root: Path) -> tuple[dict, list[RunRecord]]:
+    experiment = _read_json(root / render.EXPERIMENT)
+    if experiment is None:
+        raise TlfError(f"{root}: no {render.EXPERIMENT}; render the experiment first")
+    sets = experiment["predict_sets"]
+    records = []
+    for run in experiment["runs"]:
+        run_dir = root / run["name"]
+        train_dir = run_dir / render.TRAIN_DIR
+        results = _read_json(train_dir / "train_results.json") or {}
+        scores = (_read_json(run_dir / "scores.json") or {}).get("sets", {})
+        adapter = train_dir / "adapter_model.safetensors"
+        weights = adapter if adapter.exists() else train_dir / "model.safetensors"
+        log = _trainer_log(train_dir)
+        losses = [(int(e["current_steps"]), float(e["loss"])) for e in log if _number(e.get("loss"))]
+        # LLaMA-Factory logs memory only with RECORD_VRAM=1 (tlf's jobs set it).
+        peak = [e["vram_allocated"] for e in log if _number(e.get("vram_allocated")) and e["vram_allocated"] > 0]
+        row = {
+            "run": run["name"],
+            "state": _state(run_dir, run["train"], sets),
+            **{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in run["varied"].items()},
+            "trainable_params": _trainable_from_logs(run_dir) or (safetensors_parameters(adapter) if adapter.exists() else None),
+            "adapter_mb": round(weights.stat().st_size / 2**20, 3) if weights.exists() else None,
+            "train_runtime_s": results.get("train_runtime"),
+            "samples_per_s": results.get("train_samples_per_second"),
+            "peak_mem_gb": max(peak) if peak else None,
+            "final_loss": losses[-1][1] if losses else results.get("train_loss"),
+        }
+        for dataset in sets:
+            for metric in METRICS:
+                row[f"{metric}[{dataset}]"] = scores.get(dataset, {}).get(metric)
+        records.append(RunRecord(run["name"], row["state"], run["varied"], run["baseline"], row, losses))
+    return experiment, records
+
+
+def comparison_table(experiment: dict, records: list[RunRecord]) -> pd.DataFrame:
+    table = pd.DataFrame([r.row for r in records])
+    baseline = next((r for r in records if r.baseline), None)
+    if baseline is not None:
+        for dataset in experiment["predict_sets"]:
+            for metric in DELTA_METRICS:
+                column = f"{metric}[{dataset}]"
+                base = baseline.row.get(column)
+                table[f"Δ{column}"] = [None if v is None or base is None or pd.isna(v) else round(v - base, 2)
+                                       for v in table[column]]
+    return table
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def loss_plot(records: list[RunRecord]) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [r for r in records if r.losses]
+    if not curves:
+        return None
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for record in curves:
+        steps, losses = zip(*record.losses)
+        axis.plot(steps, losses, marker="." if len(steps) < 30 else None, label=record.name)
+    axis.set_xlabel("optimiser step")
+    axis.set_ylabel("training loss")
+    axis.set_title("Training loss, all runs")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    blob = _png(figure)
+    plt.close(figure)
+    return blob
+
+
+def metric_plots(experiment: dict, records: list[RunRecord]) -> dict[str, bytes]:
+    """For each varied argument: the chosen metrics on each predict set against its values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arguments = sorted({k for r in records for k in r.varied})
+    plots = {}
+    for argument in arguments:
+        points = [r for r in records if argument in r.varied]
+        values = sorted({json.dumps(r.varied[argument]) for r in points},
+                        key=lambda v: (not isinstance(json.loads(v), (int, float)), json.loads(v) if isinstance(json.loads(v), (int, float)) else 0, v))
+        figure, axes = plt.subplots(1, len(DELTA_METRICS), figsize=(5 * len(DELTA_METRICS), 3.8), squeeze=False)
+        for axis, metric in zip(axes[0], DELTA_METRICS):
+            for dataset in experiment["predict_sets"]:
+                xs, ys = [], []
+                for record in points:
+                    value = record.row.get(f"{metric}[{dataset}]")
+                    if value is not None and not pd.isna(value):
+                        xs.append(values.index(json.dumps(record.varied[argument])))
+                        ys.append(value)
+                axis.scatter(xs, ys, label=dataset, alpha=0.8)
+            baseline = next((r for r in records if r.baseline), None)
+            for dataset in experiment["predict_sets"]:
+                base = baseline.row.get(f"{metric}[{dataset}]") if baseline else None
+                if base is not None and not pd.isna(base):
+                    axis.axhline(base, linestyle="--", linewidth=0.8, color="grey")
+            axis.set_xticks(range(len(values)), [json.loads(v) for v in values], rotation=20)
+            axis.set_xlabel(argument)
+            axis.set_ylabel(metric + " (%)")
+            axis.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7, title="predict set (dashed: upstream baseline)", title_fontsize=7)
+        figure.suptitle(f"{experiment['experiment']}: metrics against {argument}")
+        plots[f"metrics_vs_{argument}.png"] = _png(figure)
+        plt.close(figure)
+    return plots
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "–"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def write_report(root: Path, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
+    """Write report.md, report.csv and the PNGs (each whole, atomically); return the .md path."""
+    root = Path(root).resolve()
+    out = Path(out).resolve() if out else root / "report"
+    experiment, records = gather(root)
+    table = comparison_table(experiment, records)
+    files: dict[str, bytes] = {"report.csv": table.to_csv(index=False).encode("utf-8")}
+    images = {}
+    loss = loss_plot(records)
+    if loss:
+        images["loss.png"] = loss
+    images.update(metric_plots(experiment, records))
+    lines = [f"# {experiment['experiment']}: comparison report", "",
+             f"Spec: `{experiment['spec']}`  ", f"Runs: {len(records)} "
+             f"({sum(r.state == 'done' for r in records)} done)", "",
+             "Metrics in percent on each predict set: acc = exact match (stripped), long_recall = exact "
+             "match among labels longer than 10 characters (the blog's Recall), ROUGE-1 and BLEU-4 as "
+             "LLaMA-Factory computes them, item_f1 over the `|`-separated answer items. "
+             "Δ columns: difference to the `upstream-defaults` run (LLaMA-Factory's own defaults).", "",
+             _markdown(table), ""]
+    lines += [f"![{name}]({name})" for name in images]
+    files["report.md"] = ("\n".join(lines) + "\n").encode("utf-8")
+    files.update(images)
+    for name, blob in files.items():
+        atomic_write(out / name, blob)
+    return out / "report.md", table
