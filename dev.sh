@@ -53,8 +53,13 @@ PYEOF
 run_tests() {
   setup
   local slurm_started=0
-  if [[ "${TLF_SKIP_SLURM:-0}" != 1 && -x slurm/start-slurm.sh ]]; then
-    if slurm/start-slurm.sh >&2; then slurm_started=1; else echo "[tlf] Slurm did not start: slurm tests will skip" >&2; fi
+  if [[ "${TLF_SKIP_SLURM:-0}" != 1 ]]; then
+    # The slurm-marked tests submit real jobs; with TLF_REQUIRE_SLURM=1 they fail (not skip)
+    # when Slurm is missing, so a broken set-up cannot pass as a green run.
+    slurm/start-slurm.sh
+    slurm_started=1
+    source "${TLF_SLURM_DIR:-/tmp/tlf-slurm}/env.sh"
+    export TLF_REQUIRE_SLURM=1
   fi
   set +e
   "$PY" -m pytest "$@"
