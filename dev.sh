@@ -43,9 +43,11 @@ for so in lib.glob("*.so"):
     so.unlink()
 PYEOF
   fi
-  # 4. tlf itself, editable, with the test runner.
+  # 4. tlf itself, editable, with the test runner; and the blog-era LLaMA-Factory wheel
+  #    (llmtuner 0.6.3, never installed: a test reads its template code to compare token ids).
   "${pip[@]}" --no-deps -e .
   "${pip[@]}" "pytest>=8,<10"
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps "llmtuner==0.6.3" -d "$VENV/blog-era"
   "$PY" -c 'import llamafactory.data.mm_plugin, telecom_lf.cli' >/dev/null
   echo "$stamp" > "$VENV/.tlf-stamp"
 }

@@ -226,11 +226,15 @@ def step(run_dir: Path, what: tuple[str, ...]) -> None:
 @SET_OPTION
 def run(spec_path: Path, out: Path, only, force: bool, overrides) -> None:
     """Render SPEC and run every step locally, without Slurm, then write the report."""
+    spec = _load_spec(spec_path, overrides)
+    _run_spec(spec, out, only, force)
+
+
+def _run_spec(spec, out: Path, only=(), force: bool = False):
     from . import launch
     from . import render as render_mod
     from . import report as report_mod
 
-    spec = _load_spec(spec_path, overrides)
     runs, files = render_mod.plan_and_render(spec, out)
     names = [r.name for r in runs]
     unknown = [o for o in only if o not in names]
@@ -258,6 +262,30 @@ def run(spec_path: Path, out: Path, only, force: bool, overrides) -> None:
     if failures:
         click.echo(f"{len(failures)} run(s) failed: {', '.join(failures)}", err=True)
         sys.exit(1)
+    return path, table
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option("--force", is_flag=True, help="Rerun the sweep from scratch (data and base model are kept).")
+def demo(out: Path, force: bool) -> None:
+    """The blog's whole study in miniature on this CPU: data, tiny model, sweep, scores, report."""
+    import time
+
+    from . import demo as demo_mod
+    from . import report as report_mod
+
+    started = time.monotonic()
+    out = out.resolve()
+    data_dir = demo_mod.prepare_data(out, click.echo)
+    base = demo_mod.prepare_base_model(out, click.echo)
+    spec = _load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
+    path, table = _run_spec(spec, out / "runs", (), force)
+    columns = ["run", "state", "trainable_params", "final_loss"] + [
+        c for c in table.columns if c.split("[")[0] in ("acc", "long_recall", "rouge-1")]
+    click.echo("")
+    click.echo(table[columns].to_string(index=False))
+    click.echo(f"\nreport with plots: {path}  ({time.monotonic() - started:.0f} s)")
 
 
 @main.command()

@@ -156,7 +156,8 @@ def expand(spec: Spec) -> list[RunPlan]:
             args = _apply_ties(spec, {**spec.train, **point})
             if multi_model:
                 args = map_targets(spec, model_name, model_path, args)
-            varied = {k: args[k] for k in [*point, *(t.target for t in (spec.sweep.tie if spec.sweep else []))]}
+            ties = spec.sweep.tie if spec.sweep else []
+            varied = {k: args[k] for k in [*point, *(t.source for t in ties), *(t.target for t in ties)] if k in args}
             name = run_name(varied) if varied else spec.name
             runs.append(RunPlan(name=_prefixed(model_name, name, multi_model), model_name=model_name,
                                 model_path=model_path, train_args=args, varied=varied))

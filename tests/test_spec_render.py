@@ -1,0 +1,354 @@
+"""One spec -> validated LLaMA-Factory configs: the blog's runs, sweeps, comparisons, errors."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_llamafactory, tlf_bin
+from telecom_lf import data
+from telecom_lf import plan as plan_mod
+from telecom_lf import spec as spec_mod
+
+BLOG = REPO / "experiments" / "blog"
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def tlf(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([tlf_bin(), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tlf {' '.join(map(str, args))} -> {result.returncode}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def blog_data(tmp_path_factory) -> Path:
+    """5000 synthetic rows split in blog mode: telecom_train_5000 holds every row."""
+    root = tmp_path_factory.mktemp("blogdata")
+    raw = root / "raw.csv"
+    data.write_synthetic(raw, n_rows=5000, seed=0)
+    imported = data.import_rows(data.read_raw(raw), raw, root / "data", "telecom_all")
+    records, categories, meta = data.load_imported(imported.data_file)
+    plan = data.plan_splits(categories, data.default_requests(mode="blog"), seed=42, mode="blog")
+    files, manifest = data.render_splits(records, categories, plan, meta, imported.data_file)
+    data.write_splits(root / "data", files, manifest)
+    return root / "data"
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def render(spec: Path, out: Path, *sets: str, check=True) -> subprocess.CompletedProcess:
+    return tlf("render", spec, "--out", out, *[f"--set={s}" for s in sets], check=check)
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- the blog's runs
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("name", ["probe", "climb-400", "climb-5000", "tune", "best"])
+def test_blog_experiments_render_and_validate(name, blog_data, tiny_gemma, tmp_path):
+    result = render(BLOG / f"{name}.yaml", tmp_path / "runs", f"model={tiny_gemma}", f"data.dir={blog_data}")
+    assert "run(s)" in result.stdout
+    experiment = json.loads(next((tmp_path / "runs").glob("*/experiment.json")).read_text())
+    assert experiment["predict_sets"] == ["telecom_train_100", "telecom_test_100"]
+    for run in experiment["runs"]:
+        run_dir = tmp_path / "runs" / experiment["experiment"] / run["name"]
+        for predict in run_dir.glob("predict-*.yaml"):
+            config = load_yaml(predict)
+            assert config["predict_with_generate"] is True and config["eval_dataset"] in experiment["predict_sets"]
+            assert config["template"] == "tlf_blog_default" and config["cutoff_len"] == 1024
+            assert config["per_device_eval_batch_size"] == 1 and config["max_samples"] == 150
+            assert config["fp16"] is True and "do_sample" not in config  # sampled, as the blog got
+        assert (run_dir / "job.sbatch").exists() and (run_dir / "manifest.json").exists()
+
+
+def _flags(path: Path) -> dict[str, object]:
+    """``--flag value`` / ``--switch`` pairs of a shell script shown in the blog."""
+    flags: dict[str, object] = {}
+    tokens = [t for t in re.split(r"\s+", path.read_text().split("\n", 1)[1]) if t and t != "\\"]
+    for index, token in enumerate(tokens):
+        if token.startswith("--"):
+            following = tokens[index + 1] if index + 1 < len(tokens) else "--"
+            flags[token[2:]] = True if following.startswith("--") else following
+    return flags
+
+
+def _same(blog_value, rendered) -> bool:
+    if blog_value is True:
+        return rendered is True
+    try:
+        return float(blog_value) == float(rendered)
+    except (TypeError, ValueError):
+        return str(blog_value) == str(rendered)
+
+
+def test_every_flag_of_the_blogs_scripts_reaches_the_rendered_yaml(blog_data, tiny_gemma, tmp_path):
+    render(BLOG / "climb-400.yaml", tmp_path, f"model={tiny_gemma}", f"data.dir={blog_data}")
+    run_dir = tmp_path / "blog-climb-400" / "blog-climb-400"
+    train = load_yaml(run_dir / "train.yaml")
+    # Positional arguments of sft_single.sh: $1 model, $2 dataset, $3 lora_target, $4 output dir.
+    positional = {"lora_target": "q_proj,v_proj,k_proj"}
+    for flag, value in _flags(FIXTURES / "blog_sft_single.sh.txt").items():
+        expected = positional.get(flag, value)
+        assert flag in train, f"sft_single.sh sets --{flag}; the rendered train.yaml does not"
+        assert _same(expected, train[flag]), (flag, expected, train[flag])
+    predict = load_yaml(run_dir / "predict-telecom_test_100.yaml")
+    renames = {"dataset": "eval_dataset"}  # 0.9.5 predicts only from eval_dataset
+    skipped = {"model_name_or_path", "adapter_name_or_path", "output_dir", "overwrite_output_dir"}
+    for flag, value in _flags(FIXTURES / "blog_predict_single.sh.txt").items():
+        if flag in skipped:  # $1/$2/$4: the run's own paths; predict always overwrites its own output
+            assert flag in predict
+            continue
+        key = renames.get(flag, flag)
+        assert key in predict, f"predict_single.sh sets --{flag}; the rendered predict YAML does not"
+        if flag == "dataset":
+            assert predict[key] == "telecom_test_100"
+        elif flag == "template":
+            assert predict[key] == "tlf_blog_default"  # `default` as 0.6 rendered it
+        else:
+            assert _same(value, predict[key]), (flag, value, predict[key])
+
+
+def test_best_configuration_matches_the_blog(blog_data, tiny_gemma, tmp_path):
+    render(BLOG / "best.yaml", tmp_path, f"model={tiny_gemma}", f"data.dir={blog_data}")
+    train = load_yaml(tmp_path / "blog-best" / "blog-best" / "train.yaml")
+    for line in (FIXTURES / "blog_best_config.txt").read_text().splitlines()[1:]:
+        key, value = (part.strip() for part in line.split(":", 1))
+        expected = value.replace(" ", "") if key == "lora_target" else {"True": True}.get(value, value)
+        assert _same(expected, train[key]), (key, expected, train[key])
+    baseline = load_yaml(tmp_path / "blog-best" / "upstream-defaults" / "train.yaml")
+    assert not {"lora_rank", "lora_alpha", "use_dora", "learning_rate", "num_train_epochs"} & set(baseline)
+    assert baseline["fp16"] is True and baseline["template"] == "tlf_blog_default"
+
+
+def test_tune_sweep_expands_one_factor_at_a_time_with_tied_alpha(blog_data, tiny_gemma, tmp_path):
+    render(BLOG / "tune.yaml", tmp_path, f"model={tiny_gemma}", f"data.dir={blog_data}")
+    experiment = json.loads((tmp_path / "blog-tune" / "experiment.json").read_text())
+    names = [r["name"] for r in experiment["runs"]]
+    assert names == ["r128-a256", "r32-a64", "r256-a512", "r128-a256-qv", "r128-a256-qkvo",
+                     "r128-a256-norslora", "r128-a256-nodora", "r128-a256-d0", "upstream-defaults"]
+    big = load_yaml(tmp_path / "blog-tune" / "r256-a512" / "train.yaml")
+    assert big["lora_rank"] == 256 and big["lora_alpha"] == 512 and big["lora_target"] == "q_proj,v_proj,k_proj"
+
+
+def test_grid_zip_and_names():
+    assert plan_mod.run_name({"lora_rank": 256, "lora_alpha": 512, "lora_target": "q_proj,k_proj,v_proj,o_proj",
+                              "use_rslora": True, "use_dora": True}) == "r256-a512-qkvo-rslora-dora"
+    assert plan_mod.run_name({"learning_rate": 5e-5, "lora_dropout": 0.0}) == "d0-lr5e-05"
+
+
+def test_rendering_is_byte_identical(blog_data, tiny_gemma, tmp_path):
+    args = (f"model={tiny_gemma}", f"data.dir={blog_data}")
+    render(BLOG / "tune.yaml", tmp_path / "a", *args)
+    first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    again = render(BLOG / "tune.yaml", tmp_path / "a", *args)
+    assert "0 file(s) written" in again.stdout
+    assert {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == first
+
+
+def test_dry_run_writes_nothing(blog_data, tiny_gemma, tmp_path):
+    result = tlf("render", BLOG / "best.yaml", "--out", tmp_path / "runs", "--dry-run",
+                 f"--set=model={tiny_gemma}", f"--set=data.dir={blog_data}")
+    assert "train.yaml" in result.stdout and "nothing written" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_comparison_maps_lora_target_per_family(blog_data, tiny_gemma, tiny_llama, tmp_path):
+    chatglm = tmp_path / "chatglm3"
+    chatglm.mkdir()
+    (chatglm / "config.json").write_text(json.dumps({"model_type": "chatglm"}))
+    baichuan = tmp_path / "baichuan2"
+    baichuan.mkdir()
+    (baichuan / "config.json").write_text(json.dumps({"model_type": "baichuan"}))
+    spec = write_spec(tmp_path / "compare.yaml", f"""
+name: compare
+models: {{gemma: {tiny_gemma}, llama: {tiny_llama}, chatglm: {chatglm}, baichuan: {baichuan}}}
+data: {{dir: {blog_data}, train: telecom_train_400, predict: [telecom_test_100]}}
+template: default
+train: {{lora_target: "q_proj,k_proj,v_proj,o_proj", lora_rank: 8}}
+""")
+    render(spec, tmp_path / "runs")
+    targets = {name: load_yaml(tmp_path / "runs" / "compare" / f"{name}-compare" / "train.yaml")["lora_target"]
+               for name in ("gemma", "llama", "chatglm", "baichuan")}
+    assert targets == {"gemma": "q_proj,k_proj,v_proj,o_proj", "llama": "q_proj,k_proj,v_proj,o_proj",
+                       "chatglm": "query_key_value,dense", "baichuan": "W_pack,o_proj"}
+
+
+def test_greedy_by_default_and_sampled_one_setting_away(blog_data, tiny_gemma, tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", f"""
+model: {tiny_gemma}
+data: {{dir: {blog_data}, predict: [telecom_test_100]}}
+template: default
+""")
+    render(spec, tmp_path / "g")
+    greedy = load_yaml(next((tmp_path / "g").rglob("predict-telecom_test_100.yaml")))
+    assert greedy["do_sample"] is False and greedy["template"] == "default"
+    render(spec, tmp_path / "s", "decoding=sampled")
+    sampled = load_yaml(next((tmp_path / "s").rglob("predict-telecom_test_100.yaml")))
+    assert "do_sample" not in sampled
+
+
+# ---------------------------------------------------------------- bad specs
+
+
+BAD_SPECS = {
+    "misspelled key": ("  lora_traget: q_proj,v_proj\n", ["bad.yaml:9: train.lora_traget", "did you mean 'lora_target'"]),
+    "string learning rate": ("  learning_rate: 5e-5\n", ["bad.yaml:9: train.learning_rate", "got str '5e-5'", "5.0e-5"]),
+    "bad choice": ("  lr_scheduler_type: cosin\n", ["bad.yaml:9: train.lr_scheduler_type", "did you mean 'cosine'"]),
+    "reserved key": ("  output_dir: /tmp/x\n", ["bad.yaml:9: train.output_dir", "set by tlf"]),
+    "wrong type": ("  lora_rank: eight\n", ["bad.yaml:9: train.lora_rank", "expected int"]),
+    "predict without generation": ("predict:\n  predict_with_generate: false\n",
+                                   ["bad.yaml:10: predict.predict_with_generate", "needs predict_with_generate"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_names_line_and_key_and_writes_nothing(case, blog_data, tiny_gemma, tmp_path):
+    body, expected = BAD_SPECS[case]
+    spec = write_spec(tmp_path / "bad.yaml", f"""name: bad
+model: {tiny_gemma}
+data:
+  dir: {blog_data}
+  train: telecom_train_400
+  predict: [telecom_test_100]
+template: default
+train:
+""" + body)
+    result = render(spec, tmp_path / "runs", check=False)
+    assert result.returncode == 2, result.stderr
+    for fragment in expected:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_template_and_dataset_are_refused(blog_data, tiny_gemma, tmp_path):
+    spec = write_spec(tmp_path / "t.yaml", f"""model: {tiny_gemma}
+data: {{dir: {blog_data}, predict: [telecom_test_100]}}
+template: gemmma
+""")
+    result = render(spec, tmp_path / "runs", check=False)
+    assert result.returncode == 2 and "t.yaml:3: template" in result.stderr and "'gemma'" in result.stderr
+    spec.write_text(spec.read_text().replace("gemmma", "default").replace("telecom_test_100", "telecom_tset_100"))
+    result = render(spec, tmp_path / "runs", check=False)
+    assert result.returncode == 2 and "telecom_tset_100" in result.stderr and "telecom_test_100" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_finished_run_is_not_overwritten_without_force(blog_data, tiny_gemma, tmp_path):
+    args = (f"model={tiny_gemma}", f"data.dir={blog_data}")
+    render(BLOG / "best.yaml", tmp_path, *args)
+    run_dir = tmp_path / "blog-best" / "blog-best"
+    (run_dir / "train").mkdir()
+    (run_dir / "train" / "train_results.json").write_text("{}")
+    changed = render(BLOG / "best.yaml", tmp_path, *args, "train.learning_rate=1.0e-4", check=False)
+    assert changed.returncode == 2 and "--force" in changed.stderr
+    assert load_yaml(run_dir / "train.yaml")["learning_rate"] == 5.0e-5
+    tlf("render", BLOG / "best.yaml", "--out", tmp_path, *[f"--set={a}" for a in args],
+        "--set=train.learning_rate=1.0e-4", "--force")
+    assert load_yaml(run_dir / "train.yaml")["learning_rate"] == 1.0e-4
+
+
+def test_diff_against_upstream_defaults(blog_data, tiny_gemma):
+    result = tlf("diff", BLOG / "climb-400.yaml", f"--set=model={tiny_gemma}", f"--set=data.dir={blog_data}")
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()[2:] if len(line.split()) > 2}
+    assert re.search(r"lora_rank\s+128\s+8\s+\*", rows["lora_rank"])
+    assert "lora_alpha" not in rows  # 256 == 2 x 128: LLaMA-Factory's effective default
+    assert "learning_rate" not in rows  # 5e-5 is LLaMA-Factory's default too
+    assert "lr_scheduler_type" in rows and "cosine" in rows["lr_scheduler_type"] and "linear" in rows["lr_scheduler_type"]
+    assert "use_dora" in rows and "cutoff_len" in rows
+    best = tlf("diff", BLOG / "best.yaml", "--all", f"--set=model={tiny_gemma}", f"--set=data.dir={blog_data}")
+    assert "lora_alpha" in best.stdout and "None -> 512 (2 x lora_rank)" in best.stdout
+
+
+# ---------------------------------------------------------------- blog-era prompt rendering
+
+
+def _llmtuner_templates(tmp_path: Path):
+    """LLaMA-Factory 0.6.3's own template module, loaded from its wheel (never installed)."""
+    wheels = sorted((Path(sys.prefix) / "blog-era").glob("llmtuner-0.6.3-*.whl"))
+    assert wheels, "dev.sh setup downloads llmtuner 0.6.3 into .venv/blog-era"
+    with zipfile.ZipFile(wheels[0]) as archive:
+        archive.extractall(tmp_path / "llmtuner")
+    root = tmp_path / "llmtuner" / "llmtuner"
+    for name, path in (("llmtuner", root), ("llmtuner.data", root / "data"), ("llmtuner.extras", root / "extras")):
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)]  # a namespace: the package __init__ would import all of 0.6
+        sys.modules[name] = module
+    try:
+        return importlib.import_module("llmtuner.data.template")
+    finally:
+        for name in [n for n in sys.modules if n.startswith("llmtuner")]:
+            sys.modules.pop(name)
+
+
+def test_blog_mode_token_ids_equal_llamafactory_0_6(tiny_gemma, tmp_path):
+    from transformers import AutoTokenizer
+
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from telecom_lf.compat import register_blog_templates
+
+    v06 = _llmtuner_templates(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma)
+    messages = [{"role": "user", "content": "回答中国电信手机用户的问题,9元百度专属定向流量包如何取消,应该怎么做？"},
+                {"role": "assistant", "content": "取消方式_68"}]
+    old_prompt, old_answer = v06.templates["default"].encode_oneturn(tokenizer, messages)
+    assert tokenizer.decode(old_prompt).endswith("\nAssistant: ") and old_answer[-1] == tokenizer.eos_token_id
+
+    register_blog_templates()
+    register_blog_templates()  # idempotent: every process may call it
+    blog = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="tlf_blog_default"))
+    assert blog.encode_oneturn(tokenizer, messages) == (old_prompt, old_answer)
+    upstream = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="default"))
+    assert upstream.encode_oneturn(tokenizer, messages) != (old_prompt, old_answer)
+
+
+@pytest.mark.integration
+def test_rendered_blog_climb_trains_and_predicts_for_real(blog_data, tiny_gemma, tmp_path):
+    """The rendered YAMLs, unchanged, through tlf-lf (llamafactory-cli + the blog template)."""
+    render(BLOG / "climb-400.yaml", tmp_path, f"model={tiny_gemma}", f"data.dir={blog_data}",
+           "cluster=local-test", "train.num_train_epochs=1.0", "predict.fp16=false", "predict.max_samples=6")
+    run_dir = tmp_path / "blog-climb-400" / "blog-climb-400"
+    for config in ("train.yaml", "predict-telecom_test_100.yaml"):
+        done = subprocess.run([str(Path(sys.executable).parent / "tlf-lf"), "train", str(run_dir / config)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    adapter = json.loads((run_dir / "train" / "adapter_config.json").read_text())
+    assert adapter["r"] == 128 and adapter["lora_alpha"] == 256 and adapter["use_dora"] and adapter["use_rslora"]
+    rows = [json.loads(l) for l in (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    assert rows[0]["prompt"].endswith("应该怎么做？\nAssistant: ")  # 0.6's rendering: no <eos> before "\nAssistant: "
+    assert not rows[0]["label"].endswith("\n")                  # and no "\n" after the answer
+
+
+@pytest.mark.integration
+def test_upstream_mode_yaml_runs_in_plain_llamafactory_cli(telecom_dir, tiny_llama, tmp_path):
+    spec = write_spec(tmp_path / "up.yaml", f"""name: up
+model: {tiny_llama}
+data: {{dir: {telecom_dir}, train: telecom_train_100, predict: [telecom_test_100]}}
+template: default
+train: {{lora_rank: 4, num_train_epochs: 1.0, cutoff_len: 128}}
+predict: {{max_samples: 4, max_new_tokens: 8}}
+""")
+    render(spec, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "up" / "up"
+    run_llamafactory(load_yaml(run_dir / "train.yaml"), tmp_path / "lf", "train")
+    run_llamafactory(load_yaml(run_dir / "predict-telecom_test_100.yaml"), tmp_path / "lf", "predict")
+    assert (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").exists()
