@@ -69,11 +69,14 @@ def predict_done(run: RunDir, dataset: str) -> bool:
 
 
 def score_done(run: RunDir) -> bool:
+    """Scores exist for every predict set and are newer than every prediction file."""
     path = run.path / SCORES
     if not path.exists():
         return False
     scored = json.loads(path.read_text(encoding="utf-8")).get("sets", {})
-    return all(s in scored for s in run.predict_sets)
+    predictions = [run.path / render.predict_dir(s) / "generated_predictions.jsonl" for s in run.predict_sets]
+    newest = max((p.stat().st_mtime_ns for p in predictions if p.exists()), default=0)
+    return all(s in scored for s in run.predict_sets) and path.stat().st_mtime_ns >= newest
 
 
 # ---------------------------------------------------------------- environment record
@@ -216,6 +219,8 @@ def step_predict(run: RunDir, dataset: str, quiet: bool = False) -> str:
 
 def step_score(run: RunDir, manifest: Path | None = None) -> str:
     """Score every predict set into ``scores.json`` (written whole, atomically)."""
+    if score_done(run):
+        return "done already, skipped"
     sets = {}
     similarity = score.Similarity()
     for dataset in run.predict_sets:

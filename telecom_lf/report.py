@@ -137,6 +137,7 @@ def gather(root: Path) -> tuple[dict, list[RunRecord]]:
 
 def comparison_table(experiment: dict, records: list[RunRecord]) -> pd.DataFrame:
     table = pd.DataFrame([r.row for r in records])
+    table["trainable_params"] = table["trainable_params"].astype("Int64")  # a count, even beside a missing run
     baseline = next((r for r in records if r.baseline), None)
     if baseline is not None:
         for dataset in experiment["predict_sets"]:

@@ -1,0 +1,78 @@
+"""``tlf run``: a real chain of LLaMA-Factory processes, interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tlf_bin
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(path: Path, model: Path, data_dir: Path) -> Path:
+    path.write_text(f"""name: resume
+model: {model}
+data: {{dir: {data_dir}, train: telecom_train_400, predict: [telecom_test_100]}}
+template: default
+train:
+  lora_target: all
+  per_device_train_batch_size: 4
+  num_train_epochs: 6.0
+  learning_rate: 1.0e-3
+  save_steps: 20
+  cutoff_len: 128
+sweep:
+  grid: {{lora_rank: [2, 4]}}
+predict: {{max_samples: 6, max_new_tokens: 8, per_device_eval_batch_size: 6}}
+""", encoding="utf-8")
+    return path
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, telecom_dir, tmp_path):
+    spec = _spec(tmp_path / "resume.yaml", tiny_gemma, telecom_dir)
+    out = tmp_path / "runs"
+    first = subprocess.run([tlf_bin(), "run", spec, "--out", out, "--only", "r2"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    finished = out / "resume" / "r2"
+    stamps = {p: p.stat().st_mtime_ns for p in [finished / "train" / "adapter_model.safetensors",
+                                                 finished / "predict-telecom_test_100" / "generated_predictions.jsonl",
+                                                 finished / "scores.json"]}
+
+    # Ctrl-C in the middle of r4's training, once a checkpoint exists.
+    running = subprocess.Popen([tlf_bin(), "run", spec, "--out", out], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    train_dir = out / "resume" / "r4" / "train"
+    _wait_for(lambda: any(train_dir.glob("checkpoint-*/trainer_state.json")), 300, "r4's first checkpoint")
+    time.sleep(1)
+    running.send_signal(signal.SIGINT)
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert not (train_dir / "train_results.json").exists(), "training was meant to be interrupted"
+    assert not (out / "resume" / "r4" / "scores.json").exists()
+    assert not list((out / "resume").glob("report/.*.tmp*"))
+
+    again = subprocess.run([tlf_bin(), "run", spec, "--out", out], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "r2: train: done already, skipped" in again.stdout
+    assert "r2: predict telecom_test_100: done already, skipped" in again.stdout
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    log = (out / "resume" / "r4" / "logs" / "train.log").read_text(encoding="utf-8", errors="replace")
+    assert "Resuming training from" in log and "checkpoint-" in log
+    assert json.loads((train_dir / "train_results.json").read_text())["epoch"] == pytest.approx(6.0)
+    report = (out / "resume" / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| r2 | done |" in report and "| r4 | done |" in report
