@@ -5,7 +5,8 @@
 #
 #   NUM_NODES (default 2)  slurmd daemons on this host, node1..nodeN, so -N 2 jobs run
 #   NODE_CPUS (default 8)  CPUs each node declares (more than the machine has: jobs queue)
-#   DCU_COUNT (default 4)  count-only GRES dcu:N per node (Slurm sets no *_VISIBLE_DEVICES for it)
+#   DCU_COUNT (default 4)  count-only GRES dcu:N and gpu:N per node (Slurm sets no *_VISIBLE_DEVICES
+#                          for count-only GRES: job.sbatch fills the profile's variable in)
 # Partitions: debug (default) and kshdtest (the blog's). Clients: source $TLF_SLURM_DIR/env.sh
 set -euo pipefail
 BASE=${TLF_SLURM_DIR:-/tmp/tlf-slurm}
@@ -85,13 +86,18 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$BASE/log/jobcomp.txt
-GresTypes=dcu
-NodeName=$NODELIST NodeAddr=127.0.0.1 NodeHostname=$HOST Port=$SLURMD_PORT-$((SLURMD_PORT + NUM_NODES - 1)) CPUs=$NODE_CPUS RealMemory=64000 Gres=dcu:$DCU_COUNT State=UNKNOWN
+GresTypes=dcu,gpu
+NodeName=$NODELIST NodeAddr=127.0.0.1 NodeHostname=$HOST Port=$SLURMD_PORT-$((SLURMD_PORT + NUM_NODES - 1)) CPUs=$NODE_CPUS RealMemory=64000 Gres=dcu:$DCU_COUNT,gpu:4 State=UNKNOWN
 PartitionName=debug Nodes=$NODELIST Default=YES MaxTime=INFINITE State=UP
 PartitionName=kshdtest Nodes=$NODELIST Default=NO MaxTime=INFINITE State=UP
 CONF
 [[ $NUM_NODES == 1 ]] && sed -i "s/ Port=[0-9-]*//" "$new_conf"
-echo "NodeName=$NODELIST Name=dcu Count=$DCU_COUNT Flags=CountOnly" > "$BASE/etc/gres.conf"
+# Slurm's gpu plugin ignores count-only GRES: back gpu:4 with four harmless device files
+# (TaskPlugin=task/none constrains nothing), so the nvidia profile's --gres=gpu:N is accepted.
+cat > "$BASE/etc/gres.conf" <<GRES
+NodeName=$NODELIST Name=dcu Count=$DCU_COUNT Flags=CountOnly
+NodeName=$NODELIST Name=gpu File=/dev/null,/dev/zero,/dev/full,/dev/urandom
+GRES
 echo "export SLURM_CONF=$CONF" > "$BASE/env.sh"
 
 alive() {  # alive NAME: run/NAME.pid is a live /usr/sbin/<NAME without -suffix>
@@ -101,6 +107,7 @@ alive() {  # alive NAME: run/NAME.pid is a live /usr/sbin/<NAME without -suffix>
 if ! cmp -s "$new_conf" "$CONF"; then
   mv "$new_conf" "$CONF"; chmod 644 "$CONF"
   if alive slurmctld; then log "configuration changed: restarting"; "$(dirname "$0")/stop-slurm.sh" >&2 || true; fi
+  rm -rf "${BASE:?}/state"; mkdir -p "$BASE/state"   # saved node states of the old configuration
 else
   rm -f "$new_conf"
 fi

@@ -25,6 +25,8 @@ from .fsutil import atomic_write
 SCORES = "scores.json"
 JOBS = "jobs.json"
 SMI_TOOLS = ("nvidia-smi", "rocm-smi", "hy-smi")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                "adapter_model.bin", "pytorch_model.bin")
 
 
 class StepFailed(TlfError):
@@ -58,8 +60,7 @@ def open_run(run_dir: Path) -> RunDir:
 
 def train_done(run: RunDir) -> bool:
     out = run.path / render.TRAIN_DIR
-    weights = any((out / name).exists() for name in ("adapter_model.safetensors", "model.safetensors",
-                                                      "adapter_model.bin", "pytorch_model.bin"))
+    weights = any((out / name).exists() for name in WEIGHT_FILES)
     return (out / "train_results.json").exists() and weights
 
 
@@ -180,11 +181,35 @@ def _lf_command(config: Path) -> list[str]:
 # ---------------------------------------------------------------- steps
 
 
+def set_aside_incomplete_checkpoints(train_dir: Path) -> list[Path]:
+    """A job killed while saving leaves a checkpoint-N without its trainer_state.json (written
+    last) or weights; LLaMA-Factory would resume from it and fail. Rename such directories so
+    the resume picks the last complete one; nothing is deleted."""
+    moved = []
+    for checkpoint in sorted(train_dir.glob("checkpoint-*")):
+        if not checkpoint.is_dir() or not checkpoint.name.split("-", 1)[1].isdigit():
+            continue
+        complete = (checkpoint / "trainer_state.json").exists() and any(
+            (checkpoint / name).exists() for name in WEIGHT_FILES)
+        if not complete:
+            target = checkpoint.with_name(f"{checkpoint.name}.incomplete")
+            suffix = 1
+            while target.exists():
+                target = checkpoint.with_name(f"{checkpoint.name}.incomplete{suffix}")
+                suffix += 1
+            checkpoint.rename(target)
+            moved.append(target)
+    return moved
+
+
 def step_train(run: RunDir, quiet: bool = False) -> str:
     if not run.trains:
         return "no training (probe run)"
     if train_done(run):
         return "done already, skipped"
+    for moved in set_aside_incomplete_checkpoints(run.path / render.TRAIN_DIR):
+        print(f"tlf: {moved.name}: set aside an incomplete checkpoint (the job was stopped while saving)",
+              file=sys.stderr)
     record_environment(run, "train")
     command = _lf_command(run.path / render.TRAIN_FILE)
     if os.environ.get("TLF_SRUN_TRAIN") == "1":

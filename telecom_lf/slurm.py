@@ -158,7 +158,8 @@ def sbatch_lines(profile: Profile, job_name: str, log_dir: Path, array: str | No
     pattern = "%x-%A_%a" if array else "%x-%j"
     lines += [f"--output={logs}/{pattern}.out", f"--error={logs}/{pattern}.err"]
     if profile.requeue:
-        lines += ["--requeue", f"--signal=B:USR1@{profile.signal_seconds}"]
+        # append: a requeued job's second attempt must not truncate the first attempt's log
+        lines += ["--requeue", f"--signal=B:USR1@{profile.signal_seconds}", "--open-mode=append"]
     lines += [str(x) for x in profile.extra_sbatch]
     return lines
 
@@ -208,7 +209,7 @@ def experiment_files(spec: Spec, run_names: list[str], root: Path) -> dict[Path,
         root / REPORT_SCRIPT: env.get_template("report.sbatch.j2").render(
             **common, sbatch_lines=[line for line in sbatch_lines(profile, job_name(spec, "report"), root / LOGS,
                                                                   gpus=False)
-                                    if not line.startswith(("--requeue", "--signal"))]),
+                                    if not line.startswith(("--requeue", "--signal", "--open-mode"))]),
         root / "submit.sh": env.get_template("submit.sh.j2").render(**common, job_script=JOB_SCRIPT),
         root / LOGS / ".keep": "",
     }

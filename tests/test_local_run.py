@@ -76,3 +76,19 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
     assert json.loads((train_dir / "train_results.json").read_text())["epoch"] == pytest.approx(6.0)
     report = (out / "resume" / "report" / "report.md").read_text(encoding="utf-8")
     assert "| r2 | done |" in report and "| r4 | done |" in report
+
+
+@pytest.mark.unit
+def test_incomplete_checkpoints_are_set_aside_not_deleted(tmp_path):
+    from telecom_lf.launch import set_aside_incomplete_checkpoints
+
+    for step, files in ((10, ["adapter_model.safetensors", "trainer_state.json"]),
+                        (20, ["adapter_model.safetensors"]),   # killed before trainer_state.json
+                        (30, [])):                              # killed right after mkdir
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in files:
+            (tmp_path / f"checkpoint-{step}" / name).write_text("x")
+    moved = set_aside_incomplete_checkpoints(tmp_path)
+    assert sorted(p.name for p in moved) == ["checkpoint-20.incomplete", "checkpoint-30.incomplete"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20.incomplete",
+                                                          "checkpoint-30.incomplete"]

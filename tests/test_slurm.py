@@ -1,0 +1,228 @@
+"""``tlf submit`` against the real local Slurm (slurm/start-slurm.sh): chains, arrays,
+failures, requeue, --test-only, multi-node, and quoting of hostile values."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tlf_bin
+
+pytestmark = pytest.mark.slurm
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    ok = shutil.which("sbatch") and os.environ.get("SLURM_CONF") and subprocess.run(
+        ["scontrol", "ping"], capture_output=True, text=True).stdout.count("UP")
+    if not ok:
+        message = "no Slurm: run slurm/start-slurm.sh and source /tmp/tlf-slurm/env.sh (./dev.sh test does)"
+        if os.environ.get("TLF_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def tlf(*args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([tlf_bin(), *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tlf {' '.join(map(str, args))} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def state(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    for token in out.split():
+        if token.startswith("JobState="):
+            return token.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+def reason(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return next((t for t in out.split() if t.startswith("Reason=")), "")
+
+
+def wait_final(jobs: list[str], timeout: float = 600) -> dict[str, str]:
+    end = time.monotonic() + timeout
+    while True:
+        states = {j: state(j) for j in jobs}
+        if all(s in FINAL for s in states.values()):
+            return states
+        if time.monotonic() > end:
+            raise AssertionError(f"jobs not finished after {timeout} s: {states}")
+        time.sleep(1)
+
+
+def spec_file(path: Path, model: Path, data_dir: Path, extra: str = "", train: str = "", sets=("telecom_test_100",)) -> Path:
+    path.write_text(f"""name: {path.stem}
+model: {model}
+data: {{dir: {data_dir}, train: telecom_train_100, predict: [{", ".join(sets)}]}}
+template: default
+cluster: local-test
+train: {{lora_rank: 4, num_train_epochs: 1.0, cutoff_len: 128{train}}}
+predict: {{max_samples: 4, max_new_tokens: 8, per_device_eval_batch_size: 4}}
+{extra}""", encoding="utf-8")
+    return path
+
+
+def last_submission(root: Path) -> dict:
+    return json.loads((root / "jobs.json").read_text())[-1]
+
+
+def test_chain_train_predict_twice_score_then_report(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "chain.yaml", tiny_gemma, telecom_dir, sets=("telecom_test_100", "telecom_train_100"))
+    started = time.monotonic()
+    result = tlf("submit", spec, "--out", tmp_path / "runs")
+    assert time.monotonic() - started < 30, "submit must return at once"
+    root = tmp_path / "runs" / "chain"
+    record = last_submission(root)
+    ids = record["runs"]["chain"]
+    assert set(ids) == {"train", "predict-telecom_test_100", "predict-telecom_train_100", "score"}
+    assert state(ids["score"]) == "PENDING"  # returned before the chain finished
+    states = wait_final([*ids.values(), record["report"]])
+    assert set(states.values()) == {"COMPLETED"}, states
+    scores = json.loads((root / "chain" / "scores.json").read_text())
+    assert set(scores["sets"]) == {"telecom_test_100", "telecom_train_100"}
+    assert (root / "report" / "report.md").exists()
+    records = [json.loads(p.read_text()) for p in (root / "chain" / "environment").glob("train-*.json")]
+    assert records and records[0]["slurm"]["SLURM_JOB_ID"] == ids["train"]
+    assert records[0]["visible_devices"] == {"HIP_VISIBLE_DEVICES": "0"}  # emulated from the dcu:1 grant
+    status = tlf("status", spec, "--out", tmp_path / "runs").stdout
+    assert "train:done" in status and "score:done" in status and f"score={ids['score']}:COMPLETED" in status
+
+
+def test_sweep_is_one_throttled_array_and_one_report(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "sweep.yaml", tiny_gemma, telecom_dir,
+                     extra="sweep: {grid: {lora_rank: [1, 2, 3, 4]}}\n")
+    tlf("submit", spec, "--out", tmp_path / "runs")
+    root = tmp_path / "runs" / "sweep"
+    assert "#SBATCH --array=0-3%2" in (root / "array.sbatch").read_text()
+    record = last_submission(root)
+    array, report = record["array"], record["report"]
+    most = 0
+    end = time.monotonic() + 900
+    while state(report) not in FINAL:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", array, "-t", "RUNNING", "-o", "%i"],
+                             capture_output=True, text=True).stdout.split()
+        most = max(most, len(out))
+        assert time.monotonic() < end, "sweep did not finish"
+        time.sleep(0.5)
+    assert state(report) == "COMPLETED"
+    assert 1 <= most <= 2, f"{most} array tasks ran at once; %2 allows 2"
+    for rank in (1, 2, 3, 4):
+        assert (root / f"r{rank}" / "scores.json").exists()
+    table = (root / "report" / "report.md").read_text()
+    assert all(f"| r{rank} | done |" in table for rank in (1, 2, 3, 4))
+
+
+def test_failed_train_cancels_its_predict_and_score(telecom_dir, tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    spec = spec_file(tmp_path / "fail.yaml", broken, telecom_dir)
+    tlf("submit", spec, "--out", tmp_path / "runs")
+    ids = last_submission(tmp_path / "runs" / "fail")["runs"]["fail"]
+    by_id = wait_final(list(ids.values()), timeout=300)
+    states = {step: by_id[job] for step, job in ids.items()}
+    assert states["train"] == "FAILED"
+    # Slurm would keep these PENDING (DependencyNeverSatisfied) forever without --kill-on-invalid-dep.
+    assert states["predict-telecom_test_100"] == "CANCELLED" and states["score"] == "CANCELLED", states
+
+
+def test_requeued_training_resumes_from_its_checkpoint(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "requeue.yaml", tiny_gemma, telecom_dir,
+                     train=", num_train_epochs: 30.0, save_steps: 10, per_device_train_batch_size: 2")
+    tlf("submit", spec, "--out", tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "requeue" / "requeue"
+    ids = last_submission(tmp_path / "runs" / "requeue")["runs"]["requeue"]
+    end = time.monotonic() + 300
+    while not list((run_dir / "train").glob("checkpoint-*/trainer_state.json")):
+        assert time.monotonic() < end, f"no checkpoint; train job {state(ids['train'])}"
+        time.sleep(0.5)
+    time.sleep(2)
+    assert state(ids["train"]) == "RUNNING"
+    subprocess.run(["scontrol", "requeue", ids["train"]], check=True)
+    states = wait_final(list(ids.values()), timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    log = "".join(p.read_text(errors="replace") for p in (run_dir / "logs").glob(f"*-{ids['train']}.err"))
+    assert "Resuming training from" in log
+    attempts = sorted(json.loads(p.read_text())["slurm"].get("SLURM_RESTART_COUNT", "0")
+                      for p in (run_dir / "environment").glob("train-*.json"))
+    assert attempts == ["0", "1"], attempts
+    assert json.loads((run_dir / "train" / "train_results.json").read_text())["epoch"] == pytest.approx(30.0)
+
+
+def test_test_only_accepts_both_profiles_and_refuses_impossible_requests(tiny_gemma, telecom_dir, tmp_path):
+    for profile, override in (("dcu", ""), ("nvidia", "slurm: {partition: debug}\n")):
+        spec = spec_file(tmp_path / f"{profile}.yaml", tiny_gemma, telecom_dir,
+                         extra=override + "sweep: {grid: {lora_rank: [2, 4]}}\n")
+        spec.write_text(spec.read_text().replace("cluster: local-test", f"cluster: {profile}"))
+        result = tlf("submit", spec, "--out", tmp_path / "runs", "--test-only")
+        assert result.stdout.count("ok   ") == 4, result.stdout  # 2 runs, the array, the report
+        job = (tmp_path / "runs" / profile / "r2" / "job.sbatch").read_text()
+        assert ("--gres=dcu:1" in job and "--cpus-per-task=8" in job and "--partition=kshdtest" in job
+                and "source load_torch2.1_py3.sh" in job) if profile == "dcu" else "--gres=gpu:1" in job
+    for bad in ("slurm: {gpus_per_node: 5}\n", "slurm: {partition: nosuchpartition}\n"):
+        spec = spec_file(tmp_path / "bad.yaml", tiny_gemma, telecom_dir, extra=bad)
+        result = tlf("submit", spec, "--out", tmp_path / "bad", "--test-only", "--force", check=False)
+        assert result.returncode == 1 and "FAIL" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("cluster: nosuchprofile\n", "unknown cluster profile 'nosuchprofile'; known: dcu, local-test, nvidia"),
+    ("slurm: {partition: 'debug; rm -rf /'}\n", "partition: 'debug; rm -rf /' has characters"),
+    ("slurm: {qos: \"$(touch /tmp/pwned)\"}\n", "qos: '$(touch /tmp/pwned)' has characters"),
+    ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
+    ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "one '--option[=value]' per entry"),
+])
+def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, tmp_path, extra, message):
+    spec = spec_file(tmp_path / "hostile.yaml", tiny_gemma, telecom_dir, extra=extra)
+    if extra.startswith("cluster:"):
+        spec.write_text(spec.read_text().replace("cluster: local-test\n", ""))
+    result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shell_values_are_quoted_never_run(tiny_gemma, telecom_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    profiles = tmp_path / "slurm" / "profiles"
+    profiles.mkdir(parents=True)
+    hostile = (Path(__file__).resolve().parents[1] / "slurm" / "profiles" / "local-test.yaml").read_text()
+    hostile = hostile.replace("env:\n", f"env:\n  EVIL: \"$(touch {marker}); `touch {marker}`\"\n")
+    (profiles / "evil.yaml").write_text(hostile)
+    spec = spec_file(tmp_path / "quoted.yaml", tiny_gemma, telecom_dir)
+    spec.write_text(spec.read_text().replace("cluster: local-test", "cluster: evil"))
+    tlf("render", spec, "--out", tmp_path / "runs")
+    script = tmp_path / "runs" / "quoted" / "quoted" / "job.sbatch"
+    job = subprocess.run(["sbatch", "--parsable", str(script), "score"], capture_output=True, text=True, check=True)
+    assert wait_final([job.stdout.strip()], timeout=120)[job.stdout.strip()] == "FAILED"  # nothing to score yet
+    assert not marker.exists()
+    name = spec_file(tmp_path / "named.yaml", tiny_gemma, telecom_dir)
+    name.write_text(name.read_text().replace("name: named", "name: ../escape"))
+    result = tlf("render", name, "--out", tmp_path / "runs", check=False)
+    assert result.returncode == 2 and "name" in result.stderr
+    assert not (tmp_path / "escape").exists()
+
+
+def test_two_node_job_trains_one_model_across_both_nodes(tiny_gemma, telecom_dir, tmp_path):
+    """Two slurmd on this host: one srun task per node, torchrun on each, gloo on CPU."""
+    spec = spec_file(tmp_path / "twonode.yaml", tiny_gemma, telecom_dir, extra="slurm: {nodes: 2}\n",
+                     train=", per_device_train_batch_size: 4")
+    tlf("render", spec, "--out", tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "twonode" / "twonode"
+    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch"), "train"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert wait_final([job], timeout=300)[job] == "COMPLETED", reason(job)
+    log = (run_dir / "logs" / f"tlf-twonode-twonode-{job}.err").read_text(errors="replace")
+    # 100 rows, 4 per device on 2 processes: a global batch of 8 and ceil(100 / 8) = 13 steps.
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in log
+    assert json.loads((run_dir / "train" / "trainer_state.json").read_text())["global_step"] == 13
