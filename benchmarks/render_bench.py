@@ -27,14 +27,8 @@ TLF = str(Path(sys.executable).parent / "tlf")
 def prepare(root: Path) -> tuple[Path, Path]:
     from telecom_lf import data, tiny
 
-    raw = root / "raw.csv"
-    data.write_synthetic(raw, n_rows=5000, seed=0)
-    imported = data.import_rows(data.read_raw(raw), raw, root / "data", "telecom_all")
-    records, categories, meta = data.load_imported(imported.data_file)
-    plan = data.plan_splits(categories, data.default_requests(mode="blog"), seed=42, mode="blog")
-    files, manifest = data.render_splits(records, categories, plan, meta, imported.data_file)
-    data.write_splits(root / "data", files, manifest)
-    return tiny.build(root / "model", tiny.TinySpec()), root / "data"
+    data_dir = data.prepare_synthetic(root, mode="blog")
+    return tiny.build(root / "model", tiny.TinySpec()), data_dir
 
 
 def render_all(model: Path, data_dir: Path, out: Path, cache: Path) -> float:

@@ -14,7 +14,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -40,23 +39,9 @@ def rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def upstream(pairs) -> dict:
-    from llamafactory.train.sft.metric import ComputeSimilarity
-    from transformers import EvalPrediction
+    from telecom_lf import score
 
-    texts = {}
-    preds, labels = [], []
-    for i, (p, l) in enumerate(pairs):
-        texts[2 * i + 1], texts[2 * i + 2] = p, l
-        preds.append([2 * i + 1])
-        labels.append([2 * i + 2])
-
-    class Lookup:  # ComputeSimilarity decodes token ids; here each "id" is one whole string
-        pad_token_id = 0
-
-        def batch_decode(self, ids, skip_special_tokens=True):
-            return [texts[int(row[0])] for row in ids]
-
-    return ComputeSimilarity(tokenizer=Lookup())(EvalPrediction(np.array(preds), np.array(labels)))
+    return score.llamafactory_similarity(pairs)
 
 
 def ours(pairs) -> dict:

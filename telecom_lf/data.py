@@ -529,3 +529,18 @@ def check(manifest_path: Path) -> CheckReport:
     table = pd.DataFrame(counts).fillna(0).astype(int)
     table.loc["total"] = table.sum()
     return CheckReport(table=table, problems=problems)
+
+
+def prepare_synthetic(root: Path, n_rows: int = 5000, seed: int = 0, mode: str = "holdout",
+                      split_seed: int = 42) -> Path:
+    """synth -> import -> split in ``root``, as the commands do; returns the dataset_dir.
+
+    The demo, the tests and the benchmarks all start from this."""
+    raw = root / "raw.csv"
+    write_synthetic(raw, n_rows=n_rows, seed=seed, force=True)
+    imported = import_rows(read_raw(raw), raw, root / "data", "telecom_all", force=True)
+    records, categories, meta = load_imported(imported.data_file)
+    plan = plan_splits(categories, default_requests(mode=mode), seed=split_seed, mode=mode)
+    files, manifest = render_splits(records, categories, plan, meta, imported.data_file)
+    write_splits(root / "data", files, manifest, force=True)
+    return root / "data"

@@ -36,15 +36,8 @@ def prepare_data(out: Path, echo) -> Path:
     if (data_dir / data.MANIFEST).exists():
         echo(f"data: {data_dir} (exists)")
         return data_dir
-    raw = out / "raw" / "competition.csv"
-    if not raw.exists():
-        data.write_synthetic(raw, n_rows=5000, seed=0)
-    rows = data.read_raw(raw)
-    imported = data.import_rows(rows, raw, data_dir, "telecom_all")
-    records, categories, meta = data.load_imported(imported.data_file)
-    plan = data.plan_splits(categories, data.default_requests(), seed=42)
-    files, manifest = data.render_splits(records, categories, plan, meta, imported.data_file)
-    data.write_splits(data_dir, files, manifest)
+    data.prepare_synthetic(out)
+    manifest = json.loads((data_dir / data.MANIFEST).read_text(encoding="utf-8"))
     echo(f"data: 5000 synthetic rows -> {', '.join(manifest['splits'])} in {data_dir}")
     return data_dir
 

@@ -129,22 +129,25 @@ def cache_path() -> Path:
     return base / key
 
 
+def _cached_json(path: Path, compute):
+    """``compute()``'s JSON-able result, stored at ``path`` and read from there next time."""
+    if path.exists():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+    value = compute()
+    try:
+        atomic_write(path, json.dumps(value, indent=0, sort_keys=True))
+    except OSError:
+        pass  # a read-only home still works, just without the cache
+    return value
+
+
 @lru_cache(maxsize=1)
 def table() -> dict[str, ArgInfo]:
     """Every argument of the installed LLaMA-Factory's train parser (cached per version)."""
-    path = cache_path()
-    raw = None
-    if path.exists():
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raw = None
-    if raw is None:
-        raw = _introspect()
-        try:
-            atomic_write(path, json.dumps(raw, indent=0, sort_keys=True))
-        except OSError:
-            pass  # a read-only home still renders, just without the cache
+    raw = _cached_json(cache_path(), _introspect)
     return {name: ArgInfo(name, d["group"], tuple(d["kinds"]), tuple(d["choices"]), d["default"], d["help"])
             for name, d in raw.items()}
 
@@ -198,16 +201,12 @@ def _yaml_kind(value) -> str:
 
 def template_names() -> list[str]:
     """Templates the installed LLaMA-Factory knows, plus tlf's blog-era ones (cached like the table)."""
-    path = cache_path().with_name(cache_path().stem + "-templates.json")
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    from llamafactory.data.template import TEMPLATES
 
-    from .compat import BLOG_TEMPLATES
+    def introspect() -> list[str]:
+        from llamafactory.data.template import TEMPLATES
 
-    names = sorted(set(TEMPLATES) | set(BLOG_TEMPLATES))
-    try:
-        atomic_write(path, json.dumps(names))
-    except OSError:
-        pass
-    return names
+        from .compat import BLOG_TEMPLATES
+
+        return sorted(set(TEMPLATES) | set(BLOG_TEMPLATES))
+
+    return _cached_json(cache_path().with_name(cache_path().stem + "-templates.json"), introspect)

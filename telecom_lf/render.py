@@ -85,7 +85,34 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> dict:
         config["save_steps"] = _save_steps(spec, args)
         config.setdefault("save_total_limit", 2)
     config.update(args)
+    if spec.speed == "fast":
+        config.update(fast_settings(spec, run, config))
     return config
+
+
+def fast_settings(spec: Spec, run: RunPlan, config: dict) -> dict:
+    """The `speed: fast` profile: same data, same effective batch, same hyper-parameters; only
+    how the work is done changes. One micro-batch holds the whole effective batch (no
+    gradient accumulation), SDPA attention, Liger kernels when installed, the tokenised data
+    set cached on disk, and tokens/s logged."""
+    import importlib.util
+
+    table = lfargs.table()
+    batch = config.get("per_device_train_batch_size", table["per_device_train_batch_size"].default)
+    accumulation = config.get("gradient_accumulation_steps", table["gradient_accumulation_steps"].default)
+    key = sha256_bytes(json.dumps([run.model_path, spec.lf_template, config.get("cutoff_len"), spec.train_set],
+                                  sort_keys=True).encode())[:16]
+    fast = {
+        "per_device_train_batch_size": batch * accumulation,
+        "gradient_accumulation_steps": 1,
+        "flash_attn": "sdpa" if config.get("flash_attn", "auto") == "auto" else config["flash_attn"],
+        "tokenized_path": str(spec.data_dir / ".tlf-tokenized" / key),
+        "include_num_input_tokens_seen": True,
+        "dataloader_num_workers": 2,
+    }
+    if importlib.util.find_spec("liger_kernel") is not None:
+        fast["enable_liger_kernel"] = True
+    return fast
 
 
 def _save_steps(spec: Spec, args: dict) -> int:

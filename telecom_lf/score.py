@@ -125,6 +125,29 @@ class Similarity:
         return cached
 
 
+def llamafactory_similarity(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """LLaMA-Factory's own ComputeSimilarity on (predict, label) strings, for cross-checks.
+
+    It decodes token ids; here each id row stands for one whole string through a lookup."""
+    import numpy as np
+    from llamafactory.train.sft.metric import ComputeSimilarity
+    from transformers import EvalPrediction
+
+    texts = {0: ""}
+    for i, (predict, label) in enumerate(pairs):
+        texts[2 * i + 1], texts[2 * i + 2] = predict, label
+
+    class Lookup:
+        pad_token_id = 0
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [texts[int(row[0])] for row in ids]
+
+    predictions = np.array([[2 * i + 1] for i in range(len(pairs))])
+    labels = np.array([[2 * i + 2] for i in range(len(pairs))])
+    return ComputeSimilarity(tokenizer=Lookup())(EvalPrediction(predictions, labels))
+
+
 def _items(text: str) -> set[str]:
     return {item.strip() for item in text.strip().split("|") if item.strip()}
 

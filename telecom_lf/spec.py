@@ -19,7 +19,8 @@ from .errors import TlfError
 from .fsutil import sha256_bytes
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "prompt", "template", "cluster",
-            "seed", "train", "predict", "decoding", "sweep", "baseline", "slurm")
+            "seed", "train", "predict", "decoding", "sweep", "baseline", "slurm", "speed")
+SPEEDS = ("as-written", "fast")
 DATA_KEYS = ("dir", "train", "predict")
 SWEEP_KEYS = ("grid", "zip", "vary", "tie")
 PROMPT_MODES = ("blog", "upstream")
@@ -71,6 +72,7 @@ class Spec:
     baseline: str | None
     slurm: dict
     lines: dict[tuple, int]
+    speed: str = "as-written"
 
     def line(self, *path) -> int | None:
         while path and path not in self.lines:
@@ -347,6 +349,9 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
         check.fail(("slurm",), "expected a mapping of Slurm overrides")
         slurm = {}
     cluster = raw.get("cluster")
+    speed = raw.get("speed", "as-written")
+    if speed not in SPEEDS:
+        check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
     check.raise_if_any()
     _check_datasets(path, data_dir, [s for s in [train_set, *predict_sets] if s], lines)
 
@@ -354,7 +359,7 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
                 train_set=train_set, predict_sets=list(predict_sets), prompt=prompt, template=template,
                 cluster=cluster, seed=seed, train=_normalise_targets(train or {}) if train is not None else None,
                 predict=dict(predict), decoding=decoding, sweep=sweep, baseline=baseline, slurm=dict(slurm),
-                lines=lines)
+                lines=lines, speed=speed)
 
 
 def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> None:

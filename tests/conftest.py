@@ -49,16 +49,7 @@ def telecom_dir(tmp_path_factory) -> Path:
     """5000 synthetic rows imported and split as ``tlf data`` does (holdout mode)."""
     from telecom_lf import data
 
-    root = tmp_path_factory.mktemp("telecom")
-    raw = root / "raw.csv"
-    data.write_synthetic(raw, n_rows=5000, seed=0)
-    rows = data.read_raw(raw)
-    imported = data.import_rows(rows, raw, root / "data", "telecom_all")
-    records, categories, meta = data.load_imported(imported.data_file)
-    plan = data.plan_splits(categories, data.default_requests(), seed=42)
-    files, manifest = data.render_splits(records, categories, plan, meta, imported.data_file)
-    data.write_splits(root / "data", files, manifest)
-    return root / "data"
+    return data.prepare_synthetic(tmp_path_factory.mktemp("telecom"))
 
 
 def add_dataset(dataset_dir: Path, name: str, records: list[dict]) -> None:

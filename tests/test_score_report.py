@@ -65,26 +65,9 @@ def test_item_level_f1_credits_partial_answers():
 
 def test_bleu_rouge_equal_llamafactorys_own_metric_code():
     """tlf's memoised implementation against LLaMA-Factory's ComputeSimilarity on the same strings."""
-    import numpy as np
-    from llamafactory.train.sft.metric import ComputeSimilarity
-    from transformers import EvalPrediction
-
     pairs = [("取消方式_68", "取消方式_68\n"), ("业务简介_111|9.9", "业务简介_111|9.9|11.9|开通方式_98\n"),
              ("", "开通方式_97\n"), ("开通方式_1", "取消方式_2\n"), ("取消方式_68", "取消方式_68\n")]
-
-    class Tokenizer:  # ComputeSimilarity decodes ids; hand it the strings through a lookup
-        pad_token_id = 0
-
-        def batch_decode(self, ids, skip_special_tokens=True):
-            return [texts[int(row[0])] for row in ids]
-
-    texts = {}
-    preds, labels = [], []
-    for i, (p, l) in enumerate(pairs):
-        texts[2 * i + 1], texts[2 * i + 2] = p, l
-        preds.append([2 * i + 1])
-        labels.append([2 * i + 2])
-    upstream = ComputeSimilarity(tokenizer=Tokenizer())(EvalPrediction(np.array(preds), np.array(labels)))
+    upstream = score.llamafactory_similarity(pairs)
     ours = score.score_rows([score.Row(i, p, l) for i, (p, l) in enumerate(pairs)])
     for key in ("bleu-4", "rouge-1", "rouge-2", "rouge-l"):
         assert ours[key] == pytest.approx(upstream[key], abs=1e-4), key

@@ -33,15 +33,7 @@ def tlf(*args, cwd=None, check=True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def blog_data(tmp_path_factory) -> Path:
     """5000 synthetic rows split in blog mode: telecom_train_5000 holds every row."""
-    root = tmp_path_factory.mktemp("blogdata")
-    raw = root / "raw.csv"
-    data.write_synthetic(raw, n_rows=5000, seed=0)
-    imported = data.import_rows(data.read_raw(raw), raw, root / "data", "telecom_all")
-    records, categories, meta = data.load_imported(imported.data_file)
-    plan = data.plan_splits(categories, data.default_requests(mode="blog"), seed=42, mode="blog")
-    files, manifest = data.render_splits(records, categories, plan, meta, imported.data_file)
-    data.write_splits(root / "data", files, manifest)
-    return root / "data"
+    return data.prepare_synthetic(tmp_path_factory.mktemp("blogdata"), mode="blog")
 
 
 def write_spec(path: Path, text: str) -> Path:
@@ -352,3 +344,19 @@ predict: {{max_samples: 4, max_new_tokens: 8}}
     run_llamafactory(load_yaml(run_dir / "train.yaml"), tmp_path / "lf", "train")
     run_llamafactory(load_yaml(run_dir / "predict-telecom_test_100.yaml"), tmp_path / "lf", "predict")
     assert (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").exists()
+
+
+def test_fast_speed_profile_keeps_the_effective_batch(blog_data, tiny_gemma, tmp_path):
+    render(BLOG / "climb-400.yaml", tmp_path / "plain", f"model={tiny_gemma}", f"data.dir={blog_data}")
+    render(BLOG / "climb-400.yaml", tmp_path / "fast", f"model={tiny_gemma}", f"data.dir={blog_data}", "speed=fast")
+    plain = load_yaml(next((tmp_path / "plain").rglob("train.yaml")))
+    fast = load_yaml(next((tmp_path / "fast").rglob("train.yaml")))
+    assert plain["per_device_train_batch_size"] * plain["gradient_accumulation_steps"] == 64
+    assert fast["per_device_train_batch_size"] == 64 and fast["gradient_accumulation_steps"] == 1
+    assert fast["flash_attn"] == "sdpa" and fast["tokenized_path"].startswith(str(blog_data))
+    same = {k: v for k, v in plain.items() if k not in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                                         "output_dir")}
+    assert all(fast[k] == v for k, v in same.items())  # every hyper-parameter as written
+    bad = render(BLOG / "climb-400.yaml", tmp_path / "bad", f"model={tiny_gemma}", f"data.dir={blog_data}",
+                 "speed=turbo", check=False)
+    assert bad.returncode == 2 and "speed" in bad.stderr
