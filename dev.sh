@@ -20,21 +20,25 @@ setup() {
   local base=${PYTHON:-python3}
   "$base" -c 'import sys; assert sys.version_info >= (3, 11), "tlf needs Python >= 3.11"'
   [[ -x "$PY" ]] || "$base" -m venv "$VENV"
-  local pip=("$PY" -m pip install --quiet --disable-pip-version-check)
-  echo "[tlf] installing into $VENV (first run only; ~3 min)" >&2
+  local log="$VENV/install.log"
+  pip() {  # quiet pip; the whole output goes to $log and is shown only when a step fails
+    "$PY" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1 \
+      || { tail -n 40 "$log" >&2; echo "[tlf] install failed; full log: $log" >&2; return 1; }
+  }
+  echo "[tlf] installing into $VENV (first run only; ~2 min; log: $log)" >&2
   # 1. torch first. On this CPU-only machine: the local CPU build. On a cluster, install your
   #    own ROCm/DTK or CUDA build into the venv before running this script: it is kept.
-  if ! "$PY" -c 'import torch' 2>/dev/null; then "${pip[@]}" "torch==2.13.0"; fi
+  if ! "$PY" -c 'import torch' 2>/dev/null; then pip "torch==2.13.0"; fi
   # 2. LLaMA-Factory without its hard pins on torchvision/gradio/modelscope/av (unused for
   #    text SFT and predict; torchvision would replace the CPU torch with a CUDA build).
-  "${pip[@]}" --no-deps "llamafactory==0.9.5"
-  "${pip[@]}" -r requirements/cpu-lock.txt
+  pip --no-deps "llamafactory==0.9.5"
+  pip -r requirements/cpu-lock.txt
   # 3. llamafactory/data/mm_plugin.py imports torchaudio at import time. PyPI's torchaudio
   #    is built against CUDA torch; its compiled extension cannot load beside the CPU torch.
   #    torchaudio treats a missing extension as "not built" (its pex path), and text SFT
   #    never calls it, so keep the Python part only.
   if ! "$PY" -c 'import torchaudio' 2>/dev/null; then
-    "${pip[@]}" --no-deps "torchaudio==2.11.0"
+    pip --no-deps "torchaudio==2.11.0"
     "$PY" - <<'PYEOF'
 import importlib.util, pathlib
 spec = importlib.util.find_spec("torchaudio")
@@ -45,9 +49,9 @@ PYEOF
   fi
   # 4. tlf itself, editable, with the test runner; and the blog-era LLaMA-Factory wheel
   #    (llmtuner 0.6.3, never installed: a test reads its template code to compare token ids).
-  "${pip[@]}" --no-deps -e .
-  "${pip[@]}" "pytest>=8,<10"
-  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps "llmtuner==0.6.3" -d "$VENV/blog-era"
+  pip --no-deps -e .
+  pip "pytest>=8,<10"
+  "$PY" -m pip download --disable-pip-version-check --no-deps "llmtuner==0.6.3" -d "$VENV/blog-era" >>"$log" 2>&1
   "$PY" -c 'import llamafactory.data.mm_plugin, telecom_lf.cli' >/dev/null
   echo "$stamp" > "$VENV/.tlf-stamp"
 }
