@@ -86,9 +86,11 @@ def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answe
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--register-into", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="dataset_info.json to merge the entries into (default: OUT/dataset_info.json).")
+@click.option("--strict-holdout", is_flag=True,
+              help="Keep rows whose normalised question equals a test row's out of the train subsets.")
 @click.option("--force", is_flag=True, help="Overwrite differing files and entries.")
 def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, train_sizes: str,
-               prefix: str, seed: int, register_into: Path | None, force: bool) -> None:
+               prefix: str, seed: int, register_into: Path | None, strict_holdout: bool, force: bool) -> None:
     """Cut seeded, class-balanced subsets (largest remainder) and register them."""
     from . import data as data_stage
 
@@ -98,7 +100,8 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
         raise TlfError(f"--train-sizes {train_sizes!r}: expected comma-separated integers") from error
     records, categories, meta = data_stage.load_imported(imported)
     requests = data_stage.default_requests(test_size, sizes, prefix, mode)
-    plan = data_stage.plan_splits(categories, requests, seed, mode)
+    questions = [r["instruction"] for r in records] if strict_holdout else None
+    plan = data_stage.plan_splits(categories, requests, seed, mode, questions)
     files, manifest = data_stage.render_splits(records, categories, plan, meta, imported)
     out_dir = out_dir or imported.parent
     data_stage.write_splits(out_dir, files, manifest, force, register_into)
@@ -106,6 +109,9 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
         click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
     for name, split in manifest["splits"].items():
         click.echo(f"{name:28s} {split['rows']:6d} rows  ({split['role']})")
+    if strict_holdout:
+        click.echo(f"strict hold-out: {plan.excluded} rows kept out of the train subsets "
+                   "(their normalised question is a test question)")
     click.echo(f"manifest: {out_dir / data_stage.MANIFEST}")
 
 

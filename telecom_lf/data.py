@@ -264,6 +264,7 @@ class SplitPlan:
     subsets: dict[str, list[int]] = field(default_factory=dict)   # name -> sorted row indices
     roles: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    excluded: int = 0    # strict hold-out: rows kept out of every train subset
 
 
 def _check_name(name: str) -> None:
@@ -309,13 +310,15 @@ def default_requests(test_size: int = 100, train_sizes: tuple[int, ...] = (100, 
 
 
 def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int = 42,
-                mode: str = "holdout") -> SplitPlan:
+                mode: str = "holdout", questions: list[str] | None = None) -> SplitPlan:
     """Which rows go to which subset. Pure: same inputs, same plan.
 
     ``holdout``: test subsets are cut first from the whole data; train subsets are nested
     (each smaller one inside the next) and drawn from the rows no test subset took.
     ``blog``: as ``holdout``, plus ``<prefix>_train_<N>`` = every row, as the blog trained
     on the whole file: its test rows are inside that training set.
+    ``questions`` (strict hold-out): rows whose normalised question equals a test row's are
+    kept out of the train subsets too, so no test question is seen in another spelling.
     """
     if mode not in ("holdout", "blog"):
         raise TlfError(f"unknown split mode {mode!r}; expected 'holdout' or 'blog'")
@@ -342,6 +345,12 @@ def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int 
             taken[c] += quotas[c]
         plan.subsets[request.name], plan.roles[request.name] = sorted(chosen), "test"
     pool = {c: order[c][taken[c]:] for c in order}
+    if questions is not None:
+        held_out = {normalise_question(questions[i]) for name, role in plan.roles.items() if role == "test"
+                    for i in plan.subsets[name]}
+        before = sum(len(rows) for rows in pool.values())
+        pool = {c: [i for i in rows if normalise_question(questions[i]) not in held_out] for c, rows in pool.items()}
+        plan.excluded = before - sum(len(rows) for rows in pool.values())
     caps = {c: len(rows) for c, rows in pool.items()}
     previous: dict[str, int] | None = None
     trains = sorted((r for r in requests if r.role == "train"),
@@ -405,6 +414,7 @@ def render_splits(records: list[dict], categories: list[str], plan: SplitPlan, m
         "raw_source_sha256": meta.get("source_sha256"),
         "class_counts": dict(sorted(Counter(categories).items())),
         "warnings": plan.warnings,
+        "excluded_near_duplicates_of_test": plan.excluded,
         "splits": splits,
     }
     return files, manifest

@@ -264,3 +264,13 @@ def test_registered_subset_trains_in_real_llamafactory(tmp_path, tiny_gemma):
               "num_train_epochs": 1.0, "report_to": "none", "overwrite_output_dir": True}
     run_llamafactory(config, tmp_path)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_strict_holdout_keeps_near_duplicates_of_test_questions_out_of_training(tmp_path):
+    out, manifest = _split(tmp_path, "--strict-holdout")
+    assert manifest["excluded_near_duplicates_of_test"] > 0  # the synthetic rows vary only in punctuation
+    report = tlf("data", "check", out, "--strict")
+    assert report.returncode == 0 and "no leakage" in report.stdout
+    sizes = {n: s["rows"] for n, s in manifest["splits"].items()}
+    assert sizes["telecom_train_all"] == 4900 - manifest["excluded_near_duplicates_of_test"]
+    assert sizes["telecom_test_100"] == 100 and sizes["telecom_train_400"] == 400
