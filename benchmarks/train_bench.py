@@ -78,7 +78,7 @@ def run_variant(spec: Path, out: Path, steps: int) -> dict:
     train_yaml = next(out.glob(f"{spec.stem}/*/train.yaml"))
     env = {**os.environ, "RECORD_VRAM": "1", "HF_HUB_OFFLINE": "1"}
     # Warm-up: the first call tokenizes (and, for `fast`, caches the tokenized set).
-    for attempt in ("warmup", "measure"):
+    for _attempt in ("warm-up", "measured"):
         done = subprocess.run([str(BIN / "tlf-lf"), "train", str(train_yaml), f"max_steps={steps}",
                                "overwrite_output_dir=true", "logging_steps=1"], capture_output=True, text=True, env=env)
         if done.returncode != 0:

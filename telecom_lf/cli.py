@@ -158,7 +158,7 @@ SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                                "or predict.fp16=false. Repeatable.")
 
 
-def _load_spec(spec_path: Path, overrides) -> "object":
+def _load_spec(spec_path: Path, overrides):
     from . import spec as spec_mod
 
     return spec_mod.load(spec_path, list(overrides))
@@ -279,7 +279,6 @@ def demo(out: Path, force: bool) -> None:
     import time
 
     from . import demo as demo_mod
-    from . import report as report_mod
 
     started = time.monotonic()
     out = out.resolve()

@@ -207,7 +207,7 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
     for run in runs:
         run_dir = where.run_dir(run)
         header = [f"Rendered by tlf {__version__} from {spec.path} (run {run.name}); re-render, do not edit.",
-                  f"Run: tlf-lf train <this file>   (llamafactory-cli plus tlf's blog-era templates)"]
+                  "Run: tlf-lf train <this file>   (llamafactory-cli plus tlf's blog-era templates)"]
         run_files: dict[str, bytes] = {}
         if run.train_args is not None:
             run_files[TRAIN_FILE] = _yaml(header, train_config(spec, run, run_dir))

@@ -113,7 +113,7 @@ def corpus_text() -> list[str]:
     for category, _, patterns in INTENTS:
         lines += [p.format(p=product) for p in patterns for product in PRODUCTS]
         lines += [_item_id(category, i) for i in range(len(PRODUCTS))]
-    for (first, second), patterns in COMBOS:
+    for _, patterns in COMBOS:
         lines += [p.format(p=product) for p in patterns for product in PRODUCTS]
         lines += ["|".join(_price(i)) for i in range(len(PRODUCTS))]
     return lines

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tlf_bin
+from conftest import tlf_bin
 from telecom_lf import score
 
 pytestmark = pytest.mark.unit

@@ -80,7 +80,7 @@ def last_submission(root: Path) -> dict:
 def test_chain_train_predict_twice_score_then_report(tiny_gemma, telecom_dir, tmp_path):
     spec = spec_file(tmp_path / "chain.yaml", tiny_gemma, telecom_dir, sets=("telecom_test_100", "telecom_train_100"))
     started = time.monotonic()
-    result = tlf("submit", spec, "--out", tmp_path / "runs")
+    tlf("submit", spec, "--out", tmp_path / "runs")
     assert time.monotonic() - started < 30, "submit must return at once"
     root = tmp_path / "runs" / "chain"
     record = last_submission(root)

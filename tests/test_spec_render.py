@@ -17,7 +17,6 @@ import yaml
 from conftest import REPO, run_llamafactory, tlf_bin
 from telecom_lf import data
 from telecom_lf import plan as plan_mod
-from telecom_lf import spec as spec_mod
 
 BLOG = REPO / "experiments" / "blog"
 FIXTURES = REPO / "tests" / "fixtures"
