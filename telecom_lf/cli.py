@@ -147,8 +147,7 @@ def data_register(manifest: Path, info: Path, force: bool) -> None:
     if not manifest.exists():
         raise TlfError(f"{manifest}: no split manifest")
     splits = json.loads(manifest.read_text(encoding="utf-8"))["splits"]
-    entries = {name: data_stage.dataset_entry(
-        data_stage.relative_file(manifest.parent / s["file"], info.parent)) for name, s in splits.items()}
+    entries = data_stage.split_entries(splits, manifest.parent, info)
     changed = data_stage.register(info, entries, force)
     click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
 

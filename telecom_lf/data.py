@@ -429,13 +429,18 @@ def write_splits(out_dir: Path, files: dict[str, bytes], manifest: dict, force: 
         if path.exists() and not force and path.read_bytes() != blob:
             raise TlfError(f"{path} exists with different content; pass --force to overwrite")
     info = register_into or out_dir / DATA_INFO
-    entries = {n: dataset_entry(relative_file(out_dir / s["file"], info.parent))
-               for n, s in manifest["splits"].items()}
+    entries = split_entries(manifest["splits"], out_dir, info)
     check_registration(info, entries, force)
     for name, blob in files.items():
         atomic_write(out_dir / name, blob)
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
     register(info, entries, force)
+
+
+def split_entries(splits: dict, split_dir: Path, info: Path) -> dict[str, dict]:
+    """dataset_info.json entries for a manifest's splits, with file names relative to ``info``."""
+    return {name: dataset_entry(relative_file(split_dir / split["file"], info.parent))
+            for name, split in splits.items()}
 
 
 def relative_file(data_file: Path, info_dir: Path) -> str:

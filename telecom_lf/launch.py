@@ -174,8 +174,9 @@ def run_child(command: list[str], log_file: Path | None, progress: tuple[Path, s
     return rc
 
 
-def _lf_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "telecom_lf.lf_entry", "train", str(config)]
+def _lf_command(config: Path, *mode: str) -> list[str]:
+    """``tlf-lf [slurm-node] train CONFIG`` with this interpreter."""
+    return [sys.executable, "-m", "telecom_lf.lf_entry", *mode, "train", str(config)]
 
 
 # ---------------------------------------------------------------- steps
@@ -215,8 +216,7 @@ def step_train(run: RunDir, quiet: bool = False) -> str:
     if os.environ.get("TLF_SRUN_TRAIN") == "1":
         # One task per node; each runs LLaMA-Factory's torchrun launcher for its node's cards.
         command = ["srun", f"--nodes={os.environ.get('SLURM_NNODES', '1')}", "--ntasks-per-node=1",
-                   "--export=ALL", sys.executable, "-m", "telecom_lf.lf_entry", "slurm-node", "train",
-                   str(run.path / render.TRAIN_FILE)]
+                   "--export=ALL", *_lf_command(run.path / render.TRAIN_FILE, "slurm-node")]
     log = run.path / slurm.LOGS / "train.log" if quiet else None
     progress = (run.path / render.TRAIN_DIR / "trainer_log.jsonl", "train") if quiet else None
     rc = run_child(command, log, progress)
@@ -242,19 +242,19 @@ def step_predict(run: RunDir, dataset: str, quiet: bool = False) -> str:
     return "predicted"
 
 
-def step_score(run: RunDir, manifest: Path | None = None) -> str:
+def step_score(run: RunDir) -> str:
     """Score every predict set into ``scores.json`` (written whole, atomically)."""
     if score_done(run):
         return "done already, skipped"
     sets = {}
     similarity = score.Similarity()
+    split_manifest = _split_manifest_of(run)
     for dataset in run.predict_sets:
         if not predict_done(run, dataset):
             raise StepFailed(f"{run.path.name}: cannot score {dataset}: no predictions yet")
         predictions = run.path / render.predict_dir(dataset) / "generated_predictions.jsonl"
         rows = score.read_predictions(predictions).rows
         categories = None
-        split_manifest = manifest or _split_manifest_of(run)
         if split_manifest is not None:
             try:
                 categories = score.categories_for(split_manifest, dataset)

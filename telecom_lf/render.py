@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -119,10 +120,9 @@ def _save_steps(spec: Spec, args: dict) -> int:
     """About ten checkpoints per run, so a requeued or interrupted job loses little work."""
     import math
 
-    info = json.loads((spec.data_dir / "dataset_info.json").read_text(encoding="utf-8"))
-    data_file = spec.data_dir / info[spec.train_set]["file_name"]
+    data_file = spec.data_dir / spec.datasets[spec.train_set]["file_name"]
     try:
-        rows = len(json.loads(data_file.read_text(encoding="utf-8")))
+        rows = _row_count(data_file)
     except (OSError, ValueError) as error:
         raise TlfError(f"{spec.where('data', 'train')}: cannot read {data_file} ({error})") from error
     if args.get("max_samples"):
@@ -191,10 +191,10 @@ def git_commit(start: Path) -> str | None:
     return None
 
 
-def dataset_entries(spec: Spec) -> dict:
-    info = json.loads((spec.data_dir / "dataset_info.json").read_text(encoding="utf-8"))
-    names = [n for n in [spec.train_set, *spec.predict_sets] if n]
-    return {name: info[name] for name in names}
+@lru_cache(maxsize=None)
+def _row_count(data_file: Path) -> int:
+    """Rows of an Alpaca JSON file; read once, not once per sweep point."""
+    return len(json.loads(data_file.read_text(encoding="utf-8")))
 
 
 def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes]:
@@ -202,7 +202,7 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
     where = layout(spec, out)
     versions = lfargs.installed_versions()
     commit = git_commit(spec.path.parent)
-    entries = (json.dumps(dataset_entries(spec), ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    entries = (json.dumps(spec.datasets, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
     files: dict[Path, bytes] = {}
     for run in runs:
         run_dir = where.run_dir(run)

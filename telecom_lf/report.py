@@ -144,7 +144,7 @@ def comparison_table(experiment: dict, records: list[RunRecord]) -> pd.DataFrame
             for metric in DELTA_METRICS:
                 column = f"{metric}[{dataset}]"
                 base = baseline.row.get(column)
-                table[f"Δ{column}"] = [None if v is None or base is None or pd.isna(v) else round(v - base, 2)
+                table[f"Δ{column}"] = [round(v - base, 2) if _present(v) and base is not None else None
                                        for v in table[column]]
     return table
 
@@ -178,6 +178,17 @@ def loss_plot(records: list[RunRecord]) -> bytes | None:
     return blob
 
 
+def _present(value) -> bool:
+    return value is not None and not pd.isna(value)
+
+
+def _axis_order(encoded: str) -> tuple:
+    """Numbers in numeric order first, then everything else by its JSON text."""
+    value = json.loads(encoded)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (not number, value if number else 0, encoded)
+
+
 def metric_plots(experiment: dict, records: list[RunRecord]) -> dict[str, bytes]:
     """For each varied argument: the chosen metrics on each predict set against its values."""
     import matplotlib
@@ -186,26 +197,20 @@ def metric_plots(experiment: dict, records: list[RunRecord]) -> dict[str, bytes]
     import matplotlib.pyplot as plt
 
     arguments = sorted({k for r in records for k in r.varied})
+    baseline = next((r for r in records if r.baseline), None)
     plots = {}
     for argument in arguments:
         points = [r for r in records if argument in r.varied]
-        values = sorted({json.dumps(r.varied[argument]) for r in points},
-                        key=lambda v: (not isinstance(json.loads(v), (int, float)), json.loads(v) if isinstance(json.loads(v), (int, float)) else 0, v))
+        values = sorted({json.dumps(r.varied[argument]) for r in points}, key=_axis_order)
         figure, axes = plt.subplots(1, len(DELTA_METRICS), figsize=(5 * len(DELTA_METRICS), 3.8), squeeze=False)
         for axis, metric in zip(axes[0], DELTA_METRICS):
             for dataset in experiment["predict_sets"]:
-                xs, ys = [], []
-                for record in points:
-                    value = record.row.get(f"{metric}[{dataset}]")
-                    if value is not None and not pd.isna(value):
-                        xs.append(values.index(json.dumps(record.varied[argument])))
-                        ys.append(value)
-                axis.scatter(xs, ys, label=dataset, alpha=0.8)
-            baseline = next((r for r in records if r.baseline), None)
-            for dataset in experiment["predict_sets"]:
-                base = baseline.row.get(f"{metric}[{dataset}]") if baseline else None
-                if base is not None and not pd.isna(base):
-                    axis.axhline(base, linestyle="--", linewidth=0.8, color="grey")
+                column = f"{metric}[{dataset}]"
+                shown = [r for r in points if _present(r.row.get(column))]
+                axis.scatter([values.index(json.dumps(r.varied[argument])) for r in shown],
+                             [r.row[column] for r in shown], label=dataset, alpha=0.8)
+                if baseline is not None and _present(baseline.row.get(column)):
+                    axis.axhline(baseline.row[column], linestyle="--", linewidth=0.8, color="grey")
             axis.set_xticks(range(len(values)), [json.loads(v) for v in values], rotation=20)
             axis.set_xlabel(argument)
             axis.set_ylabel(metric + " (%)")

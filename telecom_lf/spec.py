@@ -73,6 +73,7 @@ class Spec:
     slurm: dict
     lines: dict[tuple, int]
     speed: str = "as-written"
+    datasets: dict = field(default_factory=dict)   # the dataset_info.json entries the spec names
 
     def line(self, *path) -> int | None:
         while path and path not in self.lines:
@@ -353,17 +354,18 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
     if speed not in SPEEDS:
         check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
     check.raise_if_any()
-    _check_datasets(path, data_dir, [s for s in [train_set, *predict_sets] if s], lines)
+    datasets = _check_datasets(path, data_dir, [s for s in [train_set, *predict_sets] if s], lines)
 
     return Spec(path=path.resolve(), sha256=sha256_bytes(blob), name=name, models=models, data_dir=data_dir,
                 train_set=train_set, predict_sets=list(predict_sets), prompt=prompt, template=template,
                 cluster=cluster, seed=seed, train=_normalise_targets(train or {}) if train is not None else None,
                 predict=dict(predict), decoding=decoding, sweep=sweep, baseline=baseline, slurm=dict(slurm),
-                lines=lines, speed=speed)
+                lines=lines, speed=speed, datasets=datasets)
 
 
-def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> None:
-    """Every dataset the spec names must be registered in data.dir's dataset_info.json."""
+def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> dict:
+    """Every dataset the spec names must be registered in data.dir's dataset_info.json;
+    returns their entries."""
     import json
 
     info_path = data_dir / "dataset_info.json"
@@ -379,3 +381,4 @@ def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -
         if name not in info:
             raise TlfError(f"{where}: dataset {name!r} is not registered in {info_path}"
                            f"{lfargs.suggest(name, info)}")
+    return {name: info[name] for name in names}
