@@ -87,25 +87,30 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> dict:
         config.setdefault("save_total_limit", 2)
     config.update(args)
     if spec.speed == "fast":
-        config.update(fast_settings(spec, run, config))
+        config.update(fast_settings(spec, run, config, args))
     return config
 
 
-def fast_settings(spec: Spec, run: RunPlan, config: dict) -> dict:
+def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict) -> dict:
     """The `speed: fast` profile: same data, same effective batch, same hyper-parameters; only
-    how the work is done changes. One micro-batch holds the whole effective batch (no
-    gradient accumulation), SDPA attention, Liger kernels when installed, the tokenised data
-    set cached on disk, and tokens/s logged."""
+    how the work is done changes. One micro-batch holds the whole effective batch (or
+    `micro_batch` rows, the rest by accumulation), SDPA attention, Liger kernels when
+    installed, the tokenised data set cached on disk, and tokens/s logged. A key the spec sets
+    in train: itself (say `enable_liger_kernel: false`) is left as the spec has it."""
     import importlib.util
 
     table = lfargs.table()
     batch = config.get("per_device_train_batch_size", table["per_device_train_batch_size"].default)
     accumulation = config.get("gradient_accumulation_steps", table["gradient_accumulation_steps"].default)
+    effective = batch * accumulation
+    micro = spec.micro_batch or effective
+    if effective % micro:
+        raise TlfError(f"{spec.path}:{spec.line('micro_batch') or 1}: micro_batch {micro} does not divide the "
+                       f"effective batch {effective} (= {batch} x {accumulation}) of run {run.name!r}; "
+                       f"the fast profile keeps the effective batch, so use a divisor of {effective}")
     key = sha256_bytes(json.dumps([run.model_path, spec.lf_template, config.get("cutoff_len"), spec.train_set],
                                   sort_keys=True).encode())[:16]
     fast = {
-        "per_device_train_batch_size": batch * accumulation,
-        "gradient_accumulation_steps": 1,
         "flash_attn": "sdpa" if config.get("flash_attn", "auto") == "auto" else config["flash_attn"],
         "tokenized_path": str(spec.data_dir / ".tlf-tokenized" / key),
         "include_num_input_tokens_seen": True,
@@ -113,7 +118,8 @@ def fast_settings(spec: Spec, run: RunPlan, config: dict) -> dict:
     }
     if importlib.util.find_spec("liger_kernel") is not None:
         fast["enable_liger_kernel"] = True
-    return fast
+    fast = {k: v for k, v in fast.items() if k not in user_args}
+    return {**fast, "per_device_train_batch_size": micro, "gradient_accumulation_steps": effective // micro}
 
 
 def _save_steps(spec: Spec, args: dict) -> int:

@@ -19,7 +19,7 @@ from .errors import TlfError
 from .fsutil import sha256_bytes
 
 TOP_KEYS = ("name", "description", "model", "models", "data", "prompt", "template", "cluster",
-            "seed", "train", "predict", "decoding", "sweep", "baseline", "slurm", "speed")
+            "seed", "train", "predict", "decoding", "sweep", "baseline", "slurm", "speed", "micro_batch")
 SPEEDS = ("as-written", "fast")
 DATA_KEYS = ("dir", "train", "predict")
 SWEEP_KEYS = ("grid", "zip", "vary", "tie")
@@ -73,6 +73,7 @@ class Spec:
     slurm: dict
     lines: dict[tuple, int]
     speed: str = "as-written"
+    micro_batch: int | None = None   # `speed: fast` only: rows per forward (default: the whole effective batch)
     datasets: dict = field(default_factory=dict)   # the dataset_info.json entries the spec names
 
     def line(self, *path) -> int | None:
@@ -353,6 +354,13 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
     speed = raw.get("speed", "as-written")
     if speed not in SPEEDS:
         check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
+    micro_batch = raw.get("micro_batch")
+    if micro_batch is not None:
+        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
+            check.fail(("micro_batch",), f"expected a positive whole number of rows, got {micro_batch!r}")
+        elif speed != "fast":
+            check.fail(("micro_batch",), "micro_batch sets the `speed: fast` profile's micro-batch; add speed: fast "
+                                         "(as written, the micro-batch is train.per_device_train_batch_size)")
     check.raise_if_any()
     datasets = _check_datasets(path, data_dir, [s for s in [train_set, *predict_sets] if s], lines)
 
@@ -360,7 +368,7 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
                 train_set=train_set, predict_sets=list(predict_sets), prompt=prompt, template=template,
                 cluster=cluster, seed=seed, train=_normalise_targets(train or {}) if train is not None else None,
                 predict=dict(predict), decoding=decoding, sweep=sweep, baseline=baseline, slurm=dict(slurm),
-                lines=lines, speed=speed, datasets=datasets)
+                lines=lines, speed=speed, micro_batch=micro_batch, datasets=datasets)
 
 
 def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> dict:

@@ -359,3 +359,18 @@ def test_fast_speed_profile_keeps_the_effective_batch(blog_data, tiny_gemma, tmp
     bad = render(BLOG / "climb-400.yaml", tmp_path / "bad", f"model={tiny_gemma}", f"data.dir={blog_data}",
                  "speed=turbo", check=False)
     assert bad.returncode == 2 and "speed" in bad.stderr
+
+
+def test_fast_micro_batch_keeps_the_effective_batch_and_user_keys_win(blog_data, tiny_gemma, tmp_path):
+    common = (f"model={tiny_gemma}", f"data.dir={blog_data}", "speed=fast")
+    render(BLOG / "climb-400.yaml", tmp_path / "m32", *common, "micro_batch=32", "train.flash_attn=disabled",
+           "train.enable_liger_kernel=false")
+    fast = load_yaml(next((tmp_path / "m32").rglob("train.yaml")))
+    assert (fast["per_device_train_batch_size"], fast["gradient_accumulation_steps"]) == (32, 2)
+    assert fast["flash_attn"] == "disabled" and fast["enable_liger_kernel"] is False  # the spec's own choice stays
+    bad = render(BLOG / "climb-400.yaml", tmp_path / "m24", *common, "micro_batch=24", check=False)
+    assert bad.returncode == 2 and "micro_batch 24 does not divide the effective batch 64" in bad.stderr
+    assert not (tmp_path / "m24").exists()
+    plain = render(BLOG / "climb-400.yaml", tmp_path / "plain", f"model={tiny_gemma}", f"data.dir={blog_data}",
+                   "micro_batch=32", check=False)
+    assert plain.returncode == 2 and "micro_batch" in plain.stderr and "speed: fast" in plain.stderr
