@@ -1,9 +1,13 @@
 """Predict throughput through the real LLaMA-Factory: the blog's batch-1 predict vs batched
 greedy predict on the same rows, with the outputs checked to be the same.
 
-    python benchmarks/predict_bench.py --shape gemma-2b --rows 100 --batch 64     # a GPU
-    python benchmarks/predict_bench.py --shape tiny --rows 32 --batch 16           # CPU smoke
+    python benchmarks/predict_bench.py --shape gemma-2b --rows 100 --batch 25 --precision bf16   # a GPU
+    python benchmarks/predict_bench.py --shape tiny --rows 32 --batch 16                         # CPU smoke
 
+Two rates per run: LLaMA-Factory's own `predict_samples_per_second` (the whole predict call,
+BLEU/ROUGE of the predictions included: what a user waits for) and generation alone after the
+first batch (benchmarks/timed_lf.py stamps each batch). A vLLM variant is not here: vLLM is
+installable neither on the CPU machine nor, within its 64 MiB carry limit, on the lent GPU.
 Prints a table and writes benchmarks/predict_bench.json.
 """
 
@@ -13,31 +17,37 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from train_bench import BIN, SHAPES, build_model, prepare_data
+from train_bench import HERE, SHAPES, TLF, build_model, device_name, prepare_data
 
 
-def predict(root: Path, model: Path, data_dir: Path, batch: int, rows: int, precision) -> tuple[float, list[str]]:
+def predict(root: Path, model: Path, data_dir: Path, batch: int, rows: int, precision) -> dict:
     spec = {"name": f"b{batch}", "model": str(model), "prompt": "blog", "template": "default",
             "data": {"dir": str(data_dir), "predict": ["telecom_test_100"]}, "decoding": "greedy",
             "predict": {"per_device_eval_batch_size": batch, "max_samples": rows, "max_new_tokens": 16,
                         **({precision: True} if precision else {})}}
     path = root / f"b{batch}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    subprocess.run([str(BIN / "tlf"), "render", str(path), "--out", str(root / "runs")], check=True, capture_output=True)
+    subprocess.run([*TLF, "render", str(path), "--out", str(root / "runs")], check=True, capture_output=True)
     config_path = next((root / "runs" / f"b{batch}").glob("*/predict-telecom_test_100.yaml"))
-    done = subprocess.run([str(BIN / "tlf-lf"), "train", str(config_path)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    clock_path = root / f"b{batch}.clock.json"
+    done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(config_path), str(clock_path)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
     out = Path(yaml.safe_load(config_path.read_text())["output_dir"])
     metrics = json.loads((out / "predict_results.json").read_text())
     predictions = [json.loads(l)["predict"] for l in (out / "generated_predictions.jsonl").read_text().splitlines()]
-    return metrics["predict_samples_per_second"], predictions
+    stamps = json.loads(clock_path.read_text())["predict_batches"]
+    # Generation alone, first batch (CUDA warm-up) left out: rows after it over the time they took.
+    steady = (len(predictions) - batch) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    return {"whole_rows_per_s": metrics["predict_samples_per_second"], "generate_rows_per_s": steady,
+            "predictions": predictions}
 
 
 def main() -> None:
@@ -46,24 +56,28 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", choices=["bf16", "fp16"], default=None)
+    parser.add_argument("--model-dir", type=Path, default=None, help="keep (or reuse) the random model here")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model, n_params = build_model(args.shape, root / "model")
+        model, n_params = build_model(args.shape, args.model_dir or root / "model")
         data_dir = prepare_data(root)
-        one, one_out = predict(root, model, data_dir, 1, args.rows, args.precision)
-        many, many_out = predict(root, model, data_dir, args.batch, args.rows, args.precision)
-    same = sum(a == b for a, b in zip(one_out, many_out))
-    print(f"shape {args.shape}, {args.rows} rows, greedy, 16 new tokens at most")
-    print(f"{'predict':24s} {'rows/s':>8s}")
-    print(f"{'batch 1 (the blog)':24s} {one:8.2f}")
-    print(f"{'batch ' + str(args.batch):24s} {many:8.2f}")
-    print(f"speed-up {many / one:.1f}x; identical outputs: {same}/{len(one_out)}")
-    args.json.write_text(json.dumps({"shape": args.shape, "rows": args.rows, "batch": args.batch,
-                                     "batch1_rows_per_s": one, "batched_rows_per_s": many,
+        one = predict(root, model, data_dir, 1, args.rows, args.precision)
+        many = predict(root, model, data_dir, args.batch, args.rows, args.precision)
+    same = sum(a == b for a, b in zip(one.pop("predictions"), many.pop("predictions")))
+    print(f"shape {args.shape} on {device_name()}, {args.rows} rows, greedy, 16 new tokens at most")
+    print(f"{'predict':20s} {'rows/s, whole run':>18s} {'rows/s, generation':>19s}")
+    for label, r in (("batch 1 (the blog)", one), (f"batch {args.batch}", many)):
+        steady = f"{r['generate_rows_per_s']:.2f}" if r["generate_rows_per_s"] else "-"
+        print(f"{label:20s} {r['whole_rows_per_s']:18.2f} {steady:>19s}")
+    ratio = (f"{many['generate_rows_per_s'] / one['generate_rows_per_s']:.1f}x"
+             if many["generate_rows_per_s"] and one["generate_rows_per_s"] else "-")
+    print(f"speed-up: whole run {many['whole_rows_per_s'] / one['whole_rows_per_s']:.1f}x, generation {ratio}; "
+          f"identical outputs: {same}/{args.rows}")
+    args.json.write_text(json.dumps({"shape": args.shape, "device": device_name(), "precision": args.precision,
+                                     "rows": args.rows, "batch": args.batch, "batch1": one, "batched": many,
                                      "identical_outputs": same}, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()

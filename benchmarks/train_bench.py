@@ -1,15 +1,19 @@
-"""Training throughput through the real LLaMA-Factory: the blog's flags as written, tlf's
-`speed: fast` profile (same effective batch 64 and hyper-parameters), and DoRA off.
+"""Training throughput through the real LLaMA-Factory: the blog's flags as written against tlf's
+`speed: fast` profile (same effective batch 64 and hyper-parameters) and its parts, and what
+DoRA costs.
 
-    python benchmarks/train_bench.py --shape gemma-2b --steps 30 --peak-tflops 800   # a GPU
-    python benchmarks/train_bench.py --shape tiny --steps 6                           # CPU smoke
+    python benchmarks/train_bench.py --shape gemma-2b --steps 20 --precision bf16 --peak-tflops 790  # a GPU
+    python benchmarks/train_bench.py --shape tiny --steps 6                                          # CPU smoke
+    bash benchmarks/gpu_bench.sh     # both GPU benchmarks on a machine without LLaMA-Factory installed
 
 `gemma-2b` is a random-weight model with gemma-2b's exact shape (vocab 256000, hidden 2048,
 18 layers, 8 heads, 1 KV head, head_dim 256, intermediate 16384): nothing is downloaded.
-Rows are synthetic telecom rows; the table reports tokens per row. MFU counts LoRA training
-as ~4 x parameters FLOP per token (forward, backward through frozen weights, no weight
-gradients) against --peak-tflops; without a peak it is left out. Prints a table and
-writes benchmarks/train_bench.json.
+Rows are synthetic telecom rows in the blog's prompt; tokens are non-padding tokens of tlf's
+test tokenizer. Each variant is rendered by `tlf render` and trained by LLaMA-Factory's
+`run_exp` (benchmarks/timed_lf.py); the first quarter of the steps is left out of the timing.
+MFU counts LoRA training as ~4 x parameters FLOP per token (forward, backward through frozen
+weights, no weight gradients) against --peak-tflops. Prints a table and writes
+benchmarks/train_bench.json.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pathlib import Path
 
 import yaml
 
-BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+# Module form, so that the script also runs where the console scripts are not installed.
+TLF = [sys.executable, "-m", "telecom_lf.cli"]
 SHAPES = {
     "gemma-2b": dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
                      num_key_value_heads=1, head_dim=256, vocab_size=256000),
@@ -51,7 +57,11 @@ def build_model(shape: str, out: Path) -> tuple[Path, int]:
     torch.manual_seed(0)
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if shape != "tiny" else torch.float32)
+    if (out / "config.json").is_file() and GemmaConfig.from_pretrained(out).hidden_size == dims["hidden_size"]:
+        return out, n_params  # built by an earlier benchmark in the same session (--model-dir)
+    # Random weights are drawn on the GPU when there is one: 2.5 B on a CPU takes minutes.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if shape != "tiny" else torch.float32)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out, n_params
@@ -63,76 +73,119 @@ def prepare_data(root: Path) -> Path:
     return data.prepare_synthetic(root, mode="blog")
 
 
-def variant_spec(root: Path, name: str, model: Path, data_dir: Path, train: dict, speed: str, precision) -> Path:
-    if precision:
-        train = {**train, precision: True}
+def variant_spec(root: Path, name: str, model: Path, data_dir: Path, variant: dict, precision) -> Path:
+    train = {**variant["train"], **({precision: True} if precision else {}), "save_strategy": "no"}
     spec = {"name": name, "model": str(model), "data": {"dir": str(data_dir), "train": "telecom_train_5000"},
-            "prompt": "blog", "template": "default", "speed": speed, "train": {**train, "save_strategy": "no"}}
+            "prompt": "blog", "template": "default", "speed": variant["speed"], "train": train,
+            **({"micro_batch": variant["micro_batch"]} if "micro_batch" in variant else {})}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def run_variant(spec: Path, out: Path, steps: int) -> dict:
-    subprocess.run([str(BIN / "tlf"), "render", str(spec), "--out", str(out)], check=True, capture_output=True)
+def run_variant(spec: Path, out: Path, steps: int, warmup: int) -> dict:
+    subprocess.run([*TLF, "render", str(spec), "--out", str(out)], check=True, capture_output=True)
     train_yaml = next(out.glob(f"{spec.stem}/*/train.yaml"))
-    env = {**os.environ, "RECORD_VRAM": "1", "HF_HUB_OFFLINE": "1"}
-    # Warm-up: the first call tokenizes (and, for `fast`, caches the tokenized set).
-    for _attempt in ("warm-up", "measured"):
-        done = subprocess.run([str(BIN / "tlf-lf"), "train", str(train_yaml), f"max_steps={steps}",
-                               "overwrite_output_dir=true", "logging_steps=1"], capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"{spec.stem} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     config = yaml.safe_load(train_yaml.read_text())
-    train_dir = Path(config["output_dir"])
-    results = json.loads((train_dir / "train_results.json").read_text())
-    log = [json.loads(line) for line in (train_dir / "trainer_log.jsonl").read_text().splitlines()]
-    tokens = max((e.get("total_tokens", 0) for e in log), default=0)
-    samples = steps * config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
-    return {"samples_per_s": round(samples / results["train_runtime"], 2),
-            "tokens_per_s": round(tokens / results["train_runtime"], 1) if tokens else None,
-            "tokens_per_row": round(tokens / samples, 1) if tokens else None,
-            "peak_mem_gb": max((e.get("vram_allocated", 0) for e in log), default=0) or None,
+    clock_path = out / f"{spec.stem}.clock.json"
+    done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(train_yaml), str(clock_path),
+                           f"max_steps={steps}", "overwrite_output_dir=true", "logging_steps=1", "report_to=none",
+                           "include_num_input_tokens_seen=non_padding"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0:
+        return {"error": (done.stdout[-1500:] + done.stderr[-2500:]).strip()}
+    clock = json.loads(clock_path.read_text())
+    first, last = clock["steps"][warmup - 1], clock["steps"][-1]
+    seconds = last["time"] - first["time"]
+    rows = (last["step"] - first["step"]) * config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
+    tokens = last["tokens"] - first["tokens"]
+    return {"samples_per_s": round(rows / seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1) if tokens else None,
+            "tokens_per_row": round(tokens / rows, 1) if tokens else None,
+            "peak_mem_gb": clock["peak_mem_gb"], "measured_steps": last["step"] - first["step"],
             "micro_batch": config["per_device_train_batch_size"], "accumulation": config["gradient_accumulation_steps"],
-            "runtime_s": results["train_runtime"]}
+            "seconds": round(seconds, 3)}
+
+
+# Every variant keeps the blog's hyper-parameters and effective batch 64 except where its name
+# says otherwise (DoRA off). Liger variants matter only where liger_kernel is installed.
+VARIANTS = {
+    "written": {"label": "blog flags as written", "train": BLOG_TRAIN, "speed": "as-written"},
+    "fast": {"label": "tlf speed: fast", "train": BLOG_TRAIN, "speed": "fast"},
+    "fast-no-liger": {"label": "fast, no Liger", "train": {**BLOG_TRAIN, "enable_liger_kernel": False},
+                      "speed": "fast"},
+    "fast-micro32": {"label": "fast, micro 32 x GA 2", "train": BLOG_TRAIN, "speed": "fast", "micro_batch": 32},
+    "fast-no-ckpt": {"label": "fast, no grad. ckpt", "train": {**BLOG_TRAIN, "disable_gradient_checkpointing": True},
+                     "speed": "fast"},
+    "written-no-dora": {"label": "blog flags, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False},
+                        "speed": "as-written"},
+    "fast-no-dora": {"label": "fast, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False}, "speed": "fast"},
+}
+DEFAULT_VARIANTS = ["written", "fast", "written-no-dora", "fast-no-dora"]
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def print_table(shape: str, n_params: int, steps: int, warmup: int, results: dict) -> None:
+    print(f"shape {shape} ({n_params / 1e9:.2f} B parameters) on {device_name()}; {steps} optimiser steps of 64 rows, "
+          f"timed over steps {warmup}..{steps}")
+    print(f"{'variant':22s} {'samples/s':>10s} {'tokens/s':>10s} {'tok/row':>8s} {'micro x GA':>11s} "
+          f"{'peak GB':>8s} {'MFU %':>6s}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:22s} FAILED: {r['error'].splitlines()[-1] if r['error'] else '?'}")
+            continue
+        print(f"{name:22s} {r['samples_per_s']:10.2f} {r['tokens_per_s'] or 0:10.1f} {r['tokens_per_row'] or 0:8.1f} "
+              f"{str(r['micro_batch']) + ' x ' + str(r['accumulation']):>11s} {r['peak_mem_gb'] or 0:8.2f} "
+              f"{r.get('mfu_percent', '-')!s:>6s}")
+    ok = {name: r for name, r in results.items() if "error" not in r}
+    for name, base_name, label in (("tlf speed: fast", "blog flags as written", "fast / as written"),
+                                   ("blog flags, DoRA off", "blog flags as written", "DoRA off / DoRA on, as written"),
+                                   ("fast, DoRA off", "tlf speed: fast", "DoRA off / DoRA on, fast")):
+        if name in ok and base_name in ok:
+            print(f"samples/s, {label}: {ok[name]['samples_per_s'] / ok[base_name]['samples_per_s']:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out of the timing (default steps // 4)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16/fp16 peak")
     parser.add_argument("--precision", choices=["bf16", "fp16"], default=None)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=DEFAULT_VARIANTS)
+    parser.add_argument("--model-dir", type=Path, default=None, help="keep (or reuse) the random model here")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
+    warmup = args.warmup if args.warmup is not None else max(1, args.steps // 4)
+    if not 1 <= warmup < args.steps:
+        parser.error("--warmup must be at least 1 and less than --steps")
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model, n_params = build_model(args.shape, root / "model")
+        model, n_params = build_model(args.shape, args.model_dir or root / "model")
         data_dir = prepare_data(root)
-        variants = {
-            "blog flags as written": (BLOG_TRAIN, "as-written"),
-            "tlf speed: fast": (BLOG_TRAIN, "fast"),
-            "blog flags, DoRA off": ({**BLOG_TRAIN, "use_dora": False}, "as-written"),
-        }
-        results = {}
-        for index, (name, (train, speed)) in enumerate(variants.items()):
-            spec = variant_spec(root, f"v{index}", model, data_dir, train, speed, args.precision)
-            results[name] = run_variant(spec, root / "runs", args.steps)
-            if args.peak_tflops and results[name]["tokens_per_s"]:
+        for index, key in enumerate(args.variants):
+            name = VARIANTS[key]["label"]
+            spec = variant_spec(root, f"v{index}", model, data_dir, VARIANTS[key], args.precision)
+            results[name] = run_variant(spec, root / "runs", args.steps, warmup)
+            if args.peak_tflops and results[name].get("tokens_per_s"):
                 flops = results[name]["tokens_per_s"] * 4 * n_params
                 results[name]["mfu_percent"] = round(100 * flops / (args.peak_tflops * 1e12), 1)
-    print(f"shape {args.shape} ({n_params / 1e9:.2f} B parameters), {args.steps} optimiser steps of 64 rows")
-    print(f"{'variant':26s} {'samples/s':>10s} {'tokens/s':>10s} {'tok/row':>8s} {'micro x GA':>11s} {'peak GB':>8s} {'MFU %':>6s}")
-    for name, r in results.items():
-        print(f"{name:26s} {r['samples_per_s']:10.2f} {r['tokens_per_s'] or 0:10.1f} {r['tokens_per_row'] or 0:8.1f} "
-              f"{str(r['micro_batch']) + ' x ' + str(r['accumulation']):>11s} {r['peak_mem_gb'] or 0:8.2f} "
-              f"{r.get('mfu_percent', '-')!s:>6s}")
-    base, fast = results["blog flags as written"], results["tlf speed: fast"]
-    no_dora = results["blog flags, DoRA off"]
-    print(f"samples/s, fast / as written: {fast['samples_per_s'] / base['samples_per_s']:.2f}x; "
-          f"DoRA off / DoRA on: {no_dora['samples_per_s'] / base['samples_per_s']:.2f}x")
-    args.json.write_text(json.dumps({"shape": args.shape, "parameters": n_params, "steps": args.steps,
-                                     "results": results}, indent=2) + "\n")
+            print(f"[{name}] {results[name] if 'error' not in results[name] else 'FAILED'}", file=sys.stderr, flush=True)
+    print_table(args.shape, n_params, args.steps, warmup, results)
+    args.json.write_text(json.dumps({"shape": args.shape, "parameters": n_params, "device": device_name(),
+                                     "steps": args.steps, "warmup": warmup, "precision": args.precision,
+                                     "peak_tflops": args.peak_tflops, "results": results}, indent=2) + "\n")
+    failed = [name for name, r in results.items() if "error" in r]
+    for name in failed:
+        print(f"--- {name} failed:\n{results[name]['error']}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
