@@ -24,7 +24,7 @@ timeout "${TRAIN_LIMIT:-330}" python3 benchmarks/train_bench.py --shape "${SHAPE
   --peak-tflops "${PEAK_TFLOPS:-790}" --model-dir "/tmp/tlf-bench-model-${SHAPE:-gemma-2b}" --json "$OUT/train_bench.json" 2>"$OUT/train.err" \
   | tee "$OUT/train.txt"
 tail -c 3000 "$OUT/train.err"
-timeout "${PREDICT_LIMIT:-170}" python3 benchmarks/predict_bench.py --shape "${SHAPE:-gemma-2b}" --rows "${PREDICT_ROWS:-100}" --batch "${PREDICT_BATCH:-25}" ${PRECISION:+--precision $PRECISION} \
+timeout "${PREDICT_LIMIT:-170}" python3 benchmarks/predict_bench.py --shape "${SHAPE:-gemma-2b}" --rows "${PREDICT_ROWS:-100}" --batch "${PREDICT_BATCH:-32}" ${PRECISION:+--precision $PRECISION} \
   --model-dir "/tmp/tlf-bench-model-${SHAPE:-gemma-2b}" --json "$OUT/predict_bench.json" 2>"$OUT/predict.err" | tee "$OUT/predict.txt"
 tail -c 1500 "$OUT/predict.err"
 cat "$OUT/train.txt" "$OUT/predict.txt"

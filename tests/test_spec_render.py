@@ -356,6 +356,12 @@ def test_fast_speed_profile_keeps_the_effective_batch(blog_data, tiny_gemma, tmp
     same = {k: v for k, v in plain.items() if k not in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                          "output_dir")}
     assert all(fast[k] == v for k, v in same.items())  # every hyper-parameter as written
+    plain_predict = load_yaml(next((tmp_path / "plain").rglob("predict-telecom_test_100.yaml")))
+    fast_predict = load_yaml(next((tmp_path / "fast").rglob("predict-telecom_test_100.yaml")))
+    assert plain_predict["per_device_eval_batch_size"] == 1 and fast_predict["per_device_eval_batch_size"] == 32
+    paths = ("per_device_eval_batch_size", "output_dir", "adapter_name_or_path")
+    assert {k: v for k, v in fast_predict.items() if k not in paths} == \
+        {k: v for k, v in plain_predict.items() if k not in paths}
     bad = render(BLOG / "climb-400.yaml", tmp_path / "bad", f"model={tiny_gemma}", f"data.dir={blog_data}",
                  "speed=turbo", check=False)
     assert bad.returncode == 2 and "speed" in bad.stderr
