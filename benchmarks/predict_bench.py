@@ -1,7 +1,7 @@
 """Predict throughput through the real LLaMA-Factory: the blog's batch-1 predict vs batched
 greedy predict on the same rows, with the outputs checked to be the same.
 
-    python benchmarks/predict_bench.py --shape gemma-2b --rows 100 --batch 25 --precision bf16   # a GPU
+    python benchmarks/predict_bench.py --shape gemma-2b --rows 100 --batch 32 --precision bf16   # a GPU
     python benchmarks/predict_bench.py --shape tiny --rows 32 --batch 16                         # CPU smoke
 
 Two rates per run: LLaMA-Factory's own `predict_samples_per_second` (the whole predict call,
