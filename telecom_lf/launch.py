@@ -131,6 +131,14 @@ def _progress_line(log: Path, label: str) -> str | None:
     return None
 
 
+def _default_stop_signals() -> None:
+    """In the child, before exec: a shell's background job (`tlf run ... &`, nohup, some CI
+    runners) starts with SIGINT ignored, the child would inherit that and train on through the
+    Ctrl-C tlf forwards to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_child(command: list[str], log_file: Path | None, progress: tuple[Path, str] | None = None) -> int:
     """Run one LLaMA-Factory process; Ctrl-C or SIGTERM stops it cleanly and is re-raised."""
     if log_file:
@@ -139,7 +147,8 @@ def run_child(command: list[str], log_file: Path | None, progress: tuple[Path, s
     # RECORD_VRAM: LLaMA-Factory logs peak memory into trainer_log.jsonl only when asked.
     env = {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1")}
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stream, env=env,
-                             stderr=subprocess.STDOUT if stream else None, start_new_session=True)
+                             stderr=subprocess.STDOUT if stream else None, start_new_session=True,
+                             preexec_fn=_default_stop_signals)
     received: list[int] = []
 
     def forward(signum, _frame):

@@ -52,9 +52,12 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
                                                  finished / "predict-telecom_test_100" / "generated_predictions.jsonl",
                                                  finished / "scores.json"]}
 
-    # Ctrl-C in the middle of r4's training, once a checkpoint exists.
+    # Ctrl-C in the middle of r4's training, once a checkpoint exists. tlf starts the way a
+    # shell's background job does (`tlf run ... &`): with SIGINT ignored, which its children
+    # must not inherit.
     running = subprocess.Popen([tlf_bin(), "run", spec, "--out", out], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     train_dir = out / "resume" / "r4" / "train"
     _wait_for(lambda: any(train_dir.glob("checkpoint-*/trainer_state.json")), 300, "r4's first checkpoint")
     time.sleep(1)
