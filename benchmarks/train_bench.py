@@ -61,7 +61,8 @@ def build_model(shape: str, out: Path) -> tuple[Path, int]:
     torch.manual_seed(0)
     with torch.device("meta"):
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    if (out / "config.json").is_file() and GemmaConfig.from_pretrained(out).hidden_size == dims["hidden_size"]:
+    saved = GemmaConfig.from_pretrained(out) if (out / "config.json").is_file() else None
+    if saved and all(getattr(saved, key) == value for key, value in dims.items()):
         return out, n_params  # built by an earlier benchmark in the same session (--model-dir)
     # Random weights are drawn on the GPU when there is one: 2.5 B on a CPU takes minutes.
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -101,15 +102,17 @@ def run_variant(spec: Path, out: Path, steps: int, warmup: int) -> dict:
     clock = json.loads(clock_path.read_text())
     first, last = clock["steps"][warmup - 1], clock["steps"][-1]
     seconds = last["time"] - first["time"]
-    rows = (last["step"] - first["step"]) * config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
+    steps_timed = last["step"] - first["step"]
+    micro_batches = steps_timed * config["gradient_accumulation_steps"]
+    rows = micro_batches * config["per_device_train_batch_size"]
     tokens = last["tokens"] - first["tokens"]
     return {"samples_per_s": round(rows / seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1) if tokens else None,
             "tokens_per_row": round(tokens / rows, 1) if tokens else None,
-            "peak_mem_gb": clock["peak_mem_gb"], "measured_steps": last["step"] - first["step"],
+            "peak_mem_gb": clock["peak_mem_gb"], "measured_steps": steps_timed,
             "micro_batch": config["per_device_train_batch_size"], "accumulation": config["gradient_accumulation_steps"],
             "seconds": round(seconds, 3),
-            "ms_per_micro_batch": round(1000 * seconds / ((last["step"] - first["step"]) * config["gradient_accumulation_steps"]), 1)}
+            "ms_per_micro_batch": round(1000 * seconds / micro_batches, 1)}
 
 
 # Every variant keeps the blog's hyper-parameters and effective batch 64 except where its name

@@ -132,9 +132,9 @@ def _progress_line(log: Path, label: str) -> str | None:
 
 
 def _default_stop_signals() -> None:
-    """In the child, before exec: a shell's background job (`tlf run ... &`, nohup, some CI
-    runners) starts with SIGINT ignored, the child would inherit that and train on through the
-    Ctrl-C tlf forwards to it."""
+    """In the child, before exec. A background job of a non-interactive shell (`tlf run ... &`
+    in a script, some CI runners) starts with SIGINT ignored; inherited, that would make
+    LLaMA-Factory train on through the Ctrl-C tlf forwards to it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
