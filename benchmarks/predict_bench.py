@@ -15,35 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 
-from train_bench import HERE, SHAPES, TLF, build_model, device_name, prepare_data
+from train_bench import SHAPES, RunFailed, build_model, device_name, precision_args, prepare_data, render_and_time
 
 
 def predict(root: Path, model: Path, data_dir: Path, batch: int, rows: int, precision) -> dict:
     spec = {"name": f"b{batch}", "model": str(model), "prompt": "blog", "template": "default",
             "data": {"dir": str(data_dir), "predict": ["telecom_test_100"]}, "decoding": "greedy",
             "predict": {"per_device_eval_batch_size": batch, "max_samples": rows, "max_new_tokens": 16,
-                        **({precision: True} if precision else {})}}
-    path = root / f"b{batch}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    subprocess.run([*TLF, "render", str(path), "--out", str(root / "runs")], check=True, capture_output=True)
-    config_path = next((root / "runs" / f"b{batch}").glob("*/predict-telecom_test_100.yaml"))
-    clock_path = root / f"b{batch}.clock.json"
-    done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(config_path), str(clock_path)],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-    out = Path(yaml.safe_load(config_path.read_text())["output_dir"])
+                        **precision_args(precision)}}
+    try:
+        config, clock = render_and_time(spec, root, "predict-telecom_test_100.yaml")
+    except RunFailed as failure:
+        raise SystemExit(str(failure)) from None
+    out = Path(config["output_dir"])
     metrics = json.loads((out / "predict_results.json").read_text())
     predictions = [json.loads(l)["predict"] for l in (out / "generated_predictions.jsonl").read_text().splitlines()]
-    stamps = json.loads(clock_path.read_text())["predict_batches"]
+    stamps = clock["predict_batches"]
     # Generation alone, first batch (CUDA warm-up) left out: rows after it over the time they took.
     steady = (len(predictions) - batch) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
     return {"whole_rows_per_s": metrics["predict_samples_per_second"], "generate_rows_per_s": steady,

@@ -19,20 +19,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import TrainerCallback
 
 
 def _sync() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def _peak_memory_gb() -> float | None:
-    import torch
-
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 

@@ -78,28 +78,44 @@ def prepare_data(root: Path) -> Path:
     return data.prepare_synthetic(root, mode="blog")
 
 
-def variant_spec(root: Path, name: str, model: Path, data_dir: Path, variant: dict, precision) -> Path:
-    train = {**variant["train"], **({precision: True} if precision else {}), "save_strategy": "no"}
-    spec = {"name": name, "model": str(model), "data": {"dir": str(data_dir), "train": "telecom_train_5000"},
-            "prompt": "blog", "template": "default", "speed": variant["speed"], "train": train,
-            **({"micro_batch": variant["micro_batch"]} if "micro_batch" in variant else {})}
+class RunFailed(Exception):
+    """A LLaMA-Factory run of a benchmark failed; the message is its output's tail."""
+
+
+def render_and_time(spec: dict, root: Path, config_name: str, *overrides: str) -> tuple[dict, dict]:
+    """Write SPEC, `tlf render` it under root/runs, and run its rendered CONFIG_NAME through
+    timed_lf.py with OVERRIDES. Returns the rendered config and the step clock."""
+    name = spec["name"]
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def run_variant(spec: Path, out: Path, steps: int, warmup: int) -> dict:
-    subprocess.run([*TLF, "render", str(spec), "--out", str(out)], check=True, capture_output=True)
-    train_yaml = next(out.glob(f"{spec.stem}/*/train.yaml"))
-    config = yaml.safe_load(train_yaml.read_text())
-    clock_path = out / f"{spec.stem}.clock.json"
-    done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(train_yaml), str(clock_path),
-                           f"max_steps={steps}", "overwrite_output_dir=true", "logging_steps=1", "report_to=none",
-                           "include_num_input_tokens_seen=non_padding"],
+    subprocess.run([*TLF, "render", str(path), "--out", str(root / "runs")], check=True, capture_output=True)
+    config_path = next((root / "runs" / name).glob(f"*/{config_name}"))
+    clock_path = root / f"{name}.clock.json"
+    done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(config_path), str(clock_path), *overrides],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
-        return {"error": (done.stdout[-1500:] + done.stderr[-2500:]).strip()}
-    clock = json.loads(clock_path.read_text())
+        raise RunFailed((done.stdout[-1500:] + done.stderr[-2500:]).strip())
+    return yaml.safe_load(config_path.read_text()), json.loads(clock_path.read_text())
+
+
+def precision_args(precision: str | None) -> dict:
+    return {precision: True} if precision else {}
+
+
+def variant_spec(name: str, model: Path, data_dir: Path, variant: dict, precision) -> dict:
+    train = {**variant["train"], **precision_args(precision), "save_strategy": "no"}
+    return {"name": name, "model": str(model), "data": {"dir": str(data_dir), "train": "telecom_train_5000"},
+            "prompt": "blog", "template": "default", "speed": variant["speed"], "train": train,
+            **({"micro_batch": variant["micro_batch"]} if "micro_batch" in variant else {})}
+
+
+def run_variant(spec: dict, root: Path, steps: int, warmup: int) -> dict:
+    try:
+        config, clock = render_and_time(spec, root, "train.yaml", f"max_steps={steps}", "overwrite_output_dir=true",
+                                        "logging_steps=1", "report_to=none",
+                                        "include_num_input_tokens_seen=non_padding")
+    except RunFailed as failure:
+        return {"error": str(failure)}
     first, last = clock["steps"][warmup - 1], clock["steps"][-1]
     seconds = last["time"] - first["time"]
     steps_timed = last["step"] - first["step"]
@@ -180,8 +196,8 @@ def main() -> None:
         data_dir = prepare_data(root)
         for index, key in enumerate(args.variants):
             name = VARIANTS[key]["label"]
-            spec = variant_spec(root, f"v{index}", model, data_dir, VARIANTS[key], args.precision)
-            results[name] = run_variant(spec, root / "runs", args.steps, warmup)
+            spec = variant_spec(f"v{index}", model, data_dir, VARIANTS[key], args.precision)
+            results[name] = run_variant(spec, root, args.steps, warmup)
             if args.peak_tflops and results[name].get("tokens_per_s"):
                 flops = results[name]["tokens_per_s"] * 4 * n_params
                 results[name]["mfu_percent"] = round(100 * flops / (args.peak_tflops * 1e12), 1)
