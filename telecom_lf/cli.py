@@ -152,6 +152,9 @@ def data_register(manifest: Path, info: Path, force: bool) -> None:
     click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
 
 
+SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+RUNS_OUT_OPTION = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                               show_default=True)
 SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a spec key (dotted, YAML value), e.g. model=/models/tiny "
                                "or predict.fp16=false. Repeatable.")
@@ -164,8 +167,8 @@ def _load_spec(spec_path: Path, overrides):
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@SPEC_ARGUMENT
+@RUNS_OUT_OPTION
 @click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
 @click.option("--force", is_flag=True, help="Re-render over runs that already have outputs.")
 @SET_OPTION
@@ -188,7 +191,7 @@ def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) ->
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@SPEC_ARGUMENT
 @click.option("--run", "run_name", default=None, help="Diff this run of a sweep (default: the first).")
 @click.option("--all", "show_all", is_flag=True, help="Also list arguments equal to the default.")
 @SET_OPTION
@@ -224,8 +227,8 @@ def step(run_dir: Path, what: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@SPEC_ARGUMENT
+@RUNS_OUT_OPTION
 @click.option("--only", "only", multiple=True, help="Run only this run (repeatable).")
 @click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first.")
 @SET_OPTION
@@ -293,8 +296,8 @@ def demo(out: Path, force: bool) -> None:
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@SPEC_ARGUMENT
+@RUNS_OUT_OPTION
 @click.option("--test-only", is_flag=True, help="Ask `sbatch --test-only` about every script; submit nothing.")
 @click.option("--force", is_flag=True, help="Re-render over runs that already have outputs.")
 @SET_OPTION
@@ -339,8 +342,8 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@SPEC_ARGUMENT
+@RUNS_OUT_OPTION
 @SET_OPTION
 def status(spec_path: Path, out: Path, overrides) -> None:
     """Per run: Slurm job states (squeue/sacct) and which artifacts exist."""

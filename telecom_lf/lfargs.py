@@ -181,22 +181,13 @@ def check_value(name: str, value) -> str | None:
     return None
 
 
+# bool before int: YAML's true is a Python bool, which is also an int.
+_YAML_KINDS = (("null", type(None)), ("bool", bool), ("int", int), ("float", float), ("str", str),
+               ("list", list), ("dict", dict))
+
+
 def _yaml_kind(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "dict"
-    return type(value).__name__
+    return next((kind for kind, type_ in _YAML_KINDS if isinstance(value, type_)), type(value).__name__)
 
 
 def template_names() -> list[str]:
