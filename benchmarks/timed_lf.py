@@ -15,6 +15,7 @@ peak device memory.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,14 +35,42 @@ def _peak_memory_gb() -> float | None:
 
 
 class StepClock(TrainerCallback):
-    def __init__(self) -> None:
+    def __init__(self, profile_path: Path | None = None, profile_from: int = 3, profile_steps: int = 2) -> None:
         self.steps: list[dict] = []
         self.predict_batches: list[float] = []
+        self.profile_path, self.profile_from, self.profile_steps = profile_path, profile_from, profile_steps
+        self.profiler = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.profile_path and state.global_step == self.profile_from and self.profiler is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.start()
+            self.profile_started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         _sync()
+        if self.profiler is not None and state.global_step == self.profile_from + self.profile_steps:
+            self._write_profile()
         self.steps.append({"step": state.global_step, "time": time.perf_counter(),
                            "tokens": int(state.num_input_tokens_seen or 0)})
+
+    def _write_profile(self) -> None:
+        self.profiler.stop()
+        wall = time.perf_counter() - self.profile_started
+        events = self.profiler.key_averages()
+        device = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+        # Device busy time well under the wall time means the card waits for the host (dispatch).
+        tables = [f"{self.profile_steps} optimiser steps after step {self.profile_from}: wall {wall:.3f} s (profiler on), "
+                  f"device kernels {device:.3f} s, kernel launches {launches}, {len(self.profiler.events())} events"]
+        for key in ("self_cpu_time_total", "self_device_time_total" if torch.cuda.is_available() else None):
+            if key:
+                tables.append(f"--- by {key}\n" + events.table(sort_by=key, row_limit=40, max_name_column_width=60))
+        self.profile_path.write_text("\n".join(tables) + "\n")
+        self.profiler, self.profile_path = None, None
 
     def on_prediction_step(self, args, state, control, **kwargs):
         _sync()
@@ -59,7 +88,8 @@ def main() -> None:
     register_blog_templates()
     from llamafactory.train.tuner import run_exp
 
-    clock = StepClock()
+    profile = os.environ.get("TIMED_LF_PROFILE")
+    clock = StepClock(Path(profile) if profile else None)
     run_exp(args, callbacks=[clock])
     Path(clock_path).write_text(json.dumps({"steps": clock.steps, "predict_batches": clock.predict_batches, "peak_mem_gb": _peak_memory_gb()}) + "\n")
 

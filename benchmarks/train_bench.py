@@ -82,9 +82,11 @@ class RunFailed(Exception):
     """A LLaMA-Factory run of a benchmark failed; the message is its output's tail."""
 
 
-def render_and_time(spec: dict, root: Path, config_name: str, *overrides: str) -> tuple[dict, dict]:
+def render_and_time(spec: dict, root: Path, config_name: str, *overrides: str,
+                    profile: Path | None = None) -> tuple[dict, dict]:
     """Write SPEC, `tlf render` it under root/runs, and run its rendered CONFIG_NAME through
-    timed_lf.py with OVERRIDES. Returns the rendered config and the step clock."""
+    timed_lf.py with OVERRIDES (and torch.profiler tables to PROFILE). Returns the rendered
+    config and the step clock."""
     name = spec["name"]
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -92,7 +94,8 @@ def render_and_time(spec: dict, root: Path, config_name: str, *overrides: str) -
     config_path = next((root / "runs" / name).glob(f"*/{config_name}"))
     clock_path = root / f"{name}.clock.json"
     done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(config_path), str(clock_path), *overrides],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **({"TIMED_LF_PROFILE": str(profile)} if profile else {})})
     if done.returncode != 0:
         raise RunFailed((done.stdout[-1500:] + done.stderr[-2500:]).strip())
     return yaml.safe_load(config_path.read_text()), json.loads(clock_path.read_text())
@@ -109,11 +112,11 @@ def variant_spec(name: str, model: Path, data_dir: Path, variant: dict, precisio
             **({"micro_batch": variant["micro_batch"]} if "micro_batch" in variant else {})}
 
 
-def run_variant(spec: dict, root: Path, steps: int, warmup: int) -> dict:
+def run_variant(spec: dict, root: Path, steps: int, warmup: int, profile: Path | None = None) -> dict:
     try:
         config, clock = render_and_time(spec, root, "train.yaml", f"max_steps={steps}", "overwrite_output_dir=true",
                                         "logging_steps=1", "report_to=none",
-                                        "include_num_input_tokens_seen=non_padding")
+                                        "include_num_input_tokens_seen=non_padding", profile=profile)
     except RunFailed as failure:
         return {"error": str(failure)}
     first, last = clock["steps"][warmup - 1], clock["steps"][-1]
@@ -141,6 +144,7 @@ VARIANTS = {
     "fast-micro32": {"label": "fast, micro 32 x GA 2", "train": BLOG_TRAIN, "speed": "fast", "micro_batch": 32},
     "fast-no-ckpt": {"label": "fast, no grad. ckpt", "train": {**BLOG_TRAIN, "disable_gradient_checkpointing": True},
                      "speed": "fast"},
+    "fast-compile": {"label": "fast, torch.compile", "train": {**BLOG_TRAIN, "torch_compile": True}, "speed": "fast"},
     "written-no-dora": {"label": "blog flags, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False},
                         "speed": "as-written"},
     "fast-no-dora": {"label": "fast, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False}, "speed": "fast"},
@@ -183,12 +187,18 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16/fp16 peak")
     parser.add_argument("--precision", choices=["bf16", "fp16"], default=None)
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=DEFAULT_VARIANTS)
+    parser.add_argument("--profile", nargs="*", choices=sorted(VARIANTS), default=[],
+                        help="variants to profile (torch.profiler, two steps inside the warm-up): "
+                             "tables in profile-<variant>.txt beside --json")
     parser.add_argument("--model-dir", type=Path, default=None, help="keep (or reuse) the random model here")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
     warmup = args.warmup if args.warmup is not None else max(1, args.steps // 4)
     if not 1 <= warmup < args.steps:
         parser.error("--warmup must be at least 1 and less than --steps")
+    if args.profile and warmup < 5:
+        parser.error("--profile needs --warmup 5 or more: steps 3..5 are profiled and must not be timed")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -197,7 +207,8 @@ def main() -> None:
         for index, key in enumerate(args.variants):
             name = VARIANTS[key]["label"]
             spec = variant_spec(f"v{index}", model, data_dir, VARIANTS[key], args.precision)
-            results[name] = run_variant(spec, root, args.steps, warmup)
+            profile = args.json.parent / f"profile-{key}.txt" if key in args.profile else None
+            results[name] = run_variant(spec, root, args.steps, warmup, profile)
             if args.peak_tflops and results[name].get("tokens_per_s"):
                 flops = results[name]["tokens_per_s"] * 4 * n_params
                 results[name]["mfu_percent"] = round(100 * flops / (args.peak_tflops * 1e12), 1)
