@@ -50,7 +50,7 @@ print(round(2 * 8192**3 * 50 / (time.perf_counter() - start) / 1e12))
 PY
 )}
 echo "measured dense bf16 peak: $PEAK_TFLOPS TFLOP/s" | tee -a "$OUT/gpu.txt"
-timeout "${TRAIN_LIMIT:-330}" python3 benchmarks/train_bench.py --shape "${SHAPE:-gemma-2b}" --steps "${TRAIN_STEPS:-20}" --variants ${TRAIN_VARIANTS:-written fast fast-no-liger fast-micro32 fast-no-ckpt} --profile ${PROFILE-fast fast-no-ckpt} ${PRECISION:+--precision $PRECISION} \
+timeout "${TRAIN_LIMIT:-330}" python3 benchmarks/train_bench.py --shape "${SHAPE:-gemma-2b}" --steps "${TRAIN_STEPS:-20}" --variants ${TRAIN_VARIANTS:-written fast fast-16gb fast-no-ckpt fast-micro32} --profile ${PROFILE-fast} ${PRECISION:+--precision $PRECISION} \
   --peak-tflops "$PEAK_TFLOPS" --model-dir "/tmp/tlf-bench-model-${SHAPE:-gemma-2b}" --json "$OUT/train_bench.json" 2>"$OUT/train.err" \
   | tee "$OUT/train.txt"
 tail -c 3000 "$OUT/train.err"

@@ -92,21 +92,41 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> dict:
 
 
 FAST_PREDICT_BATCH = 32   # rows per generate call under `speed: fast` (the blog: 1)
+# Measured on one H100 (benchmarks/RESULTS.md, gemma-2b shape, 64 rows of ~38 tokens): Liger
+# kernels cut peak memory from 17.0 to 5.8 GB but cost 1.49x in samples/s. So the fast
+# profile uses them only where memory is the question: a card under this size, or one the
+# cluster profile does not size (gpu_memory_gb: null, or no cluster).
+LIGER_BELOW_GB = 40
+# Below this, 64 such rows without Liger (17.0 GB) do not fit; half of them (~11 GB,
+# interpolated between the measured 8 and 64 rows) do.
+HALVE_MICRO_BELOW_GB = 24
+
+
+def liger_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict) -> dict:
     """The `speed: fast` profile: same data, same effective batch, same hyper-parameters; only
     how the work is done changes. One micro-batch holds the whole effective batch (or
-    `micro_batch` rows, the rest by accumulation), SDPA attention, Liger kernels when
-    installed, the tokenised data set cached on disk, and tokens/s logged. A key the spec sets
-    in train: itself (say `enable_liger_kernel: false`) is left as the spec has it."""
-    import importlib.util
-
+    `micro_batch` rows, the rest by accumulation), SDPA attention, the tokenised data set
+    cached on disk, tokens/s logged, and for the card's memory (the cluster profile's
+    gpu_memory_gb): Liger kernels below LIGER_BELOW_GB when installed, else half the batch per
+    micro-batch below HALVE_MICRO_BELOW_GB. A key the spec sets in train: itself (say
+    `enable_liger_kernel: false`) is left as the spec has it."""
     table = lfargs.table()
     batch = config.get("per_device_train_batch_size", table["per_device_train_batch_size"].default)
     accumulation = config.get("gradient_accumulation_steps", table["gradient_accumulation_steps"].default)
     effective = batch * accumulation
+    profile = slurm.spec_profile(spec)
+    card_gb = profile.gpu_memory_gb if profile else None
+    liger = "enable_liger_kernel" not in user_args and liger_installed() and (card_gb or 0) < LIGER_BELOW_GB
     micro = spec.micro_batch or effective
+    if (not spec.micro_batch and not liger and not user_args.get("enable_liger_kernel")
+            and card_gb is not None and card_gb < HALVE_MICRO_BELOW_GB and effective % 2 == 0):
+        micro = effective // 2
     if effective % micro:
         raise TlfError(f"{spec.path}:{spec.line('micro_batch') or 1}: micro_batch {micro} does not divide the "
                        f"effective batch {effective} (= {batch} x {accumulation}) of run {run.name!r}; "
@@ -118,9 +138,8 @@ def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict) -> di
         "tokenized_path": str(spec.data_dir / ".tlf-tokenized" / key),
         "include_num_input_tokens_seen": True,
         "dataloader_num_workers": 2,
+        **({"enable_liger_kernel": True} if liger else {}),
     }
-    if importlib.util.find_spec("liger_kernel") is not None:
-        fast["enable_liger_kernel"] = True
     fast = {k: v for k, v in fast.items() if k not in user_args}
     return {**fast, "per_device_train_batch_size": micro, "gradient_accumulation_steps": effective // micro}
 
@@ -175,7 +194,8 @@ def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> dic
     config.update(spec.predict)
     if spec.speed == "fast":
         # Rows are generated independently (left-padded), so a batch changes the speed, not the
-        # maths; bf16 near-ties can still flip a token (measured: 100/100 identical, H200).
+        # maths; bf16 near-ties can still flip a token (measured: 100/100 identical on an H200,
+        # 99/100 on an H100).
         batch = config.get("per_device_eval_batch_size", lfargs.table()["per_device_eval_batch_size"].default)
         config["per_device_eval_batch_size"] = max(batch, FAST_PREDICT_BATCH)
     return config

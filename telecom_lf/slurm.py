@@ -56,6 +56,7 @@ class Profile:
     env: dict = field(default_factory=dict)
     visible_devices_var: str = "CUDA_VISIBLE_DEVICES"
     precision: str | None = None
+    gpu_memory_gb: float | None = None   # one card's memory; `speed: fast` sizes its choices by it
     requeue: bool = True
     signal_seconds: int = 300
     python: str | None = None        # interpreter on the compute nodes; default: the one rendering
@@ -95,32 +96,48 @@ def load_profile(name: str, spec_dir: Path | None = None, overrides: dict | None
     return profile
 
 
+class BadProfileValue(TlfError):
+    """A profile value that cannot be used; `key` says which, so a spec's override can be named."""
+
+    def __init__(self, path: Path, key: str, detail: str) -> None:
+        super().__init__(f"{path}: {key}: {detail}")
+        self.key, self.detail = key, detail
+
+
 def _check_profile(profile: Profile, path: Path) -> None:
     for key in ("partition", "gres", "time", "mem", "account", "qos", "constraint"):
         value = getattr(profile, key)
         if value is not None and not SBATCH_VALUE.match(str(value)):
-            raise TlfError(f"{path}: {key}: {value!r} has characters an #SBATCH line cannot carry "
-                           "(spaces, quotes, $, `, newlines)")
+            raise BadProfileValue(path, key, f"{value!r} has characters an #SBATCH line cannot carry "
+                                             "(spaces, quotes, $, `, newlines)")
     for key in ("gpus_per_node", "cpus_per_gpu", "nodes", "signal_seconds", "array_parallel"):
         value = getattr(profile, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus_per_node" else 1):
-            raise TlfError(f"{path}: {key}: expected a positive integer, got {value!r}")
+            raise BadProfileValue(path, key, f"expected a positive integer, got {value!r}")
     for line in profile.extra_sbatch:
         if "\n" in str(line) or not str(line).startswith("--"):
-            raise TlfError(f"{path}: extra_sbatch: {line!r} must be one '--option[=value]' per entry")
+            raise BadProfileValue(path, "extra_sbatch", f"{line!r} must be one '--option[=value]' per entry")
+    memory = profile.gpu_memory_gb
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
+        raise BadProfileValue(path, "gpu_memory_gb", f"expected a positive number of GB or null, got {memory!r}")
     if profile.precision not in (None, "fp16", "bf16"):
-        raise TlfError(f"{path}: precision: expected fp16, bf16 or null, got {profile.precision!r}")
+        raise BadProfileValue(path, "precision", f"expected fp16, bf16 or null, got {profile.precision!r}")
     if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", profile.visible_devices_var):
-        raise TlfError(f"{path}: visible_devices_var: not an environment variable name")
+        raise BadProfileValue(path, "visible_devices_var", "not an environment variable name")
     for key in profile.env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
-            raise TlfError(f"{path}: env: {key!r} is not an environment variable name")
+            raise BadProfileValue(path, "env", f"{key!r} is not an environment variable name")
 
 
 def spec_profile(spec: Spec) -> Profile | None:
     if not spec.cluster:
         return None
-    return load_profile(spec.cluster, spec.path.parent, spec.slurm)
+    try:
+        return load_profile(spec.cluster, spec.path.parent, spec.slurm)
+    except BadProfileValue as error:
+        if error.key not in spec.slurm:
+            raise
+        raise TlfError(f"{spec.where('slurm', error.key)}: {error.detail}") from None
 
 
 def _environment():

@@ -182,13 +182,16 @@ def test_test_only_accepts_both_profiles_and_refuses_impossible_requests(tiny_ge
     ("slurm: {qos: \"$(touch /tmp/pwned)\"}\n", "qos: '$(touch /tmp/pwned)' has characters"),
     ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
     ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "one '--option[=value]' per entry"),
+    # a spec's own bad value is named by the spec's file, line and key, not by the profile's file
+    ("slurm:\n  gpu_memory_gb: lots\n", "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a positive number of GB"),
 ])
 def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, tmp_path, extra, message):
     spec = spec_file(tmp_path / "hostile.yaml", tiny_gemma, telecom_dir, extra=extra)
     if extra.startswith("cluster:"):
         spec.write_text(spec.read_text().replace("cluster: local-test\n", ""))
     result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
+    line = spec.read_text().splitlines().index("  gpu_memory_gb: lots") + 1 if "{line}" in message else None
+    assert result.returncode == 2 and message.format(line=line) in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -347,7 +347,8 @@ predict: {{max_samples: 4, max_new_tokens: 8}}
 
 def test_fast_speed_profile_keeps_the_effective_batch(blog_data, tiny_gemma, tmp_path):
     render(BLOG / "climb-400.yaml", tmp_path / "plain", f"model={tiny_gemma}", f"data.dir={blog_data}")
-    render(BLOG / "climb-400.yaml", tmp_path / "fast", f"model={tiny_gemma}", f"data.dir={blog_data}", "speed=fast")
+    render(BLOG / "climb-400.yaml", tmp_path / "fast", f"model={tiny_gemma}", f"data.dir={blog_data}", "speed=fast",
+           "slurm.gpu_memory_gb=80")
     plain = load_yaml(next((tmp_path / "plain").rglob("train.yaml")))
     fast = load_yaml(next((tmp_path / "fast").rglob("train.yaml")))
     assert plain["per_device_train_batch_size"] * plain["gradient_accumulation_steps"] == 64
@@ -380,3 +381,30 @@ def test_fast_micro_batch_keeps_the_effective_batch_and_user_keys_win(blog_data,
     plain = render(BLOG / "climb-400.yaml", tmp_path / "plain", f"model={tiny_gemma}", f"data.dir={blog_data}",
                    "micro_batch=32", check=False)
     assert plain.returncode == 2 and "micro_batch" in plain.stderr and "speed: fast" in plain.stderr
+
+
+@pytest.mark.parametrize("card_gb,liger,user,expected", [
+    # (micro-batch, Liger) the fast profile picks for the blog's 8 x GA 8 on the card the cluster profile names
+    (80, True, {}, (64, None)),      # a big card: no Liger (measured 1.49x slower on an H100)
+    (40, True, {}, (64, None)),
+    (16, True, {}, (64, True)),      # the blog's DCU: Liger keeps 64 rows in 5.8 GB (17.0 GB without)
+    (None, True, {}, (64, True)),    # a card the profile does not size: memory first
+    (16, False, {}, (32, None)),     # no Liger installed: half the rows per micro-batch
+    (24, False, {}, (64, None)),
+    (16, True, {"enable_liger_kernel": False}, (32, False)),   # the spec's own choice stays, and still fits
+    (16, False, {"enable_liger_kernel": True}, (64, True)),
+    (16, False, {"micro_batch": 16}, (16, None)),
+])
+def test_fast_profile_sizes_liger_and_micro_batch_by_the_cards_memory(card_gb, liger, user, expected, blog_data,
+                                                                       tiny_gemma, tmp_path, monkeypatch):
+    from telecom_lf import render as render_mod
+    from telecom_lf import spec as spec_mod
+
+    monkeypatch.setattr(render_mod, "liger_installed", lambda: liger)
+    sets = [f"model={tiny_gemma}", f"data.dir={blog_data}", "speed=fast",
+            f"slurm.gpu_memory_gb={'null' if card_gb is None else card_gb}",
+            *(f"{'' if key == 'micro_batch' else 'train.'}{key}={str(value).lower()}" for key, value in user.items())]
+    spec = spec_mod.load(BLOG / "climb-400.yaml", sets)
+    config = render_mod.train_config(spec, plan_mod.expand(spec)[0], tmp_path)
+    assert (config["per_device_train_batch_size"], config.get("enable_liger_kernel")) == expected
+    assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == 64
