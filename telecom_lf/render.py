@@ -108,6 +108,12 @@ def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
+def _micro_batch_for(effective: int, card_gb: float | None, liger: bool) -> int:
+    """The whole effective batch at once, except on a small card without Liger: half of it."""
+    small = card_gb is not None and card_gb < HALVE_MICRO_BELOW_GB
+    return effective // 2 if small and not liger and effective % 2 == 0 else effective
+
+
 def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict) -> dict:
     """The `speed: fast` profile: same data, same effective batch, same hyper-parameters; only
     how the work is done changes. One micro-batch holds the whole effective batch (or
@@ -123,10 +129,7 @@ def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict) -> di
     profile = slurm.spec_profile(spec)
     card_gb = profile.gpu_memory_gb if profile else None
     liger = "enable_liger_kernel" not in user_args and liger_installed() and (card_gb or 0) < LIGER_BELOW_GB
-    micro = spec.micro_batch or effective
-    if (not spec.micro_batch and not liger and not user_args.get("enable_liger_kernel")
-            and card_gb is not None and card_gb < HALVE_MICRO_BELOW_GB and effective % 2 == 0):
-        micro = effective // 2
+    micro = spec.micro_batch or _micro_batch_for(effective, card_gb, liger or user_args.get("enable_liger_kernel"))
     if effective % micro:
         raise TlfError(f"{spec.path}:{spec.line('micro_batch') or 1}: micro_batch {micro} does not divide the "
                        f"effective batch {effective} (= {batch} x {accumulation}) of run {run.name!r}; "
