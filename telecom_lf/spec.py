@@ -351,6 +351,9 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
         check.fail(("slurm",), "expected a mapping of Slurm overrides")
         slurm = {}
     cluster = raw.get("cluster")
+    if slurm and not cluster:
+        check.fail(("slurm",), "slurm: overrides keys of a cluster profile, and this spec names none; add "
+                               "cluster: (dcu, nvidia, local-test or your own profile)")
     speed = raw.get("speed", "as-written")
     if speed not in SPEEDS:
         check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")

@@ -207,6 +207,8 @@ BAD_SPECS = {
     "wrong type": ("  lora_rank: eight\n", ["bad.yaml:9: train.lora_rank", "expected int"]),
     "predict without generation": ("predict:\n  predict_with_generate: false\n",
                                    ["bad.yaml:10: predict.predict_with_generate", "needs predict_with_generate"]),
+    "slurm overrides without a cluster": ("  lora_rank: 8\nslurm:\n  gpu_memory_gb: 80\n",
+                                          ["bad.yaml:10: slurm", "add cluster:"]),
 }
 
 
