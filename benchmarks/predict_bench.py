@@ -57,14 +57,14 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="keep (or reuse) the random model here")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
+    batched_rows = max(args.rows, args.batched_rows or 0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model, n_params = build_model(args.shape, args.model_dir or root / "model")
         data_dir = prepare_data(root)
         one = predict(root, model, data_dir, 1, args.rows, args.precision)
-        many = predict(root, model, data_dir, args.batch, max(args.rows, args.batched_rows or 0), args.precision)
+        many = predict(root, model, data_dir, args.batch, batched_rows, args.precision)
     same = sum(a == b for a, b in zip(one.pop("predictions"), many.pop("predictions")))
-    batched_rows = max(args.rows, args.batched_rows or 0)
     print(f"shape {args.shape} on {device_name()}, {args.rows} rows at batch 1 and {batched_rows} batched (the first "
           f"{args.rows} compared), greedy, 16 new tokens at most")
     print(f"{'predict':20s} {'rows/s, whole run':>18s} {'rows/s, generation':>19s}")
@@ -76,8 +76,8 @@ def main() -> None:
     print(f"speed-up: whole run {many['whole_rows_per_s'] / one['whole_rows_per_s']:.1f}x, generation {ratio}; "
           f"identical outputs: {same}/{args.rows}")
     args.json.write_text(json.dumps({"shape": args.shape, "device": device_name(), "precision": args.precision,
-                                     "rows": args.rows, "batched_rows": batched_rows, "batch": args.batch, "batch1": one, "batched": many,
-                                     "identical_outputs": same}, indent=2) + "\n")
+                                     "rows": args.rows, "batched_rows": batched_rows, "batch": args.batch,
+                                     "batch1": one, "batched": many, "identical_outputs": same}, indent=2) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -87,7 +87,7 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> dict:
         config.setdefault("save_total_limit", 2)
     config.update(args)
     if spec.speed == "fast":
-        config.update(fast_settings(spec, run, config, args))
+        config.update(fast_settings(spec, run, config, args, profile.gpu_memory_gb if profile else None))
     return config
 
 
@@ -114,22 +114,20 @@ def _micro_batch_for(effective: int, card_gb: float | None, liger: bool) -> int:
     return effective // 2 if small and not liger and effective % 2 == 0 else effective
 
 
-def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict) -> dict:
+def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict, card_gb: float | None) -> dict:
     """The `speed: fast` profile: same data, same effective batch, same hyper-parameters; only
     how the work is done changes. One micro-batch holds the whole effective batch (or
     `micro_batch` rows, the rest by accumulation), SDPA attention, the tokenised data set
-    cached on disk, tokens/s logged, and for the card's memory (the cluster profile's
-    gpu_memory_gb): Liger kernels below LIGER_BELOW_GB when installed, else half the batch per
+    cached on disk, tokens/s logged, and for CARD_GB (the cluster profile's
+    gpu_memory_gb, None when unknown): Liger kernels below LIGER_BELOW_GB when installed, else half the batch per
     micro-batch below HALVE_MICRO_BELOW_GB. A key the spec sets in train: itself (say
     `enable_liger_kernel: false`) is left as the spec has it."""
     table = lfargs.table()
     batch = config.get("per_device_train_batch_size", table["per_device_train_batch_size"].default)
     accumulation = config.get("gradient_accumulation_steps", table["gradient_accumulation_steps"].default)
     effective = batch * accumulation
-    profile = slurm.spec_profile(spec)
-    card_gb = profile.gpu_memory_gb if profile else None
     liger = "enable_liger_kernel" not in user_args and liger_installed() and (card_gb or 0) < LIGER_BELOW_GB
-    micro = spec.micro_batch or _micro_batch_for(effective, card_gb, liger or user_args.get("enable_liger_kernel"))
+    micro = spec.micro_batch or _micro_batch_for(effective, card_gb, liger or bool(user_args.get("enable_liger_kernel")))
     if effective % micro:
         raise TlfError(f"{spec.path}:{spec.line('micro_batch') or 1}: micro_batch {micro} does not divide the "
                        f"effective batch {effective} (= {batch} x {accumulation}) of run {run.name!r}; "
