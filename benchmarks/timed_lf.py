@@ -62,7 +62,10 @@ class StepClock(TrainerCallback):
         wall = time.perf_counter() - self.profile_started
         events = self.profiler.key_averages()
         device = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
-        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+        # Runtime and driver launch calls both: part of the kernels (Triton's, and on the H100
+        # most likely cuBLASLt's) go through the driver's cuLaunchKernelEx, not cudaLaunchKernel.
+        launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC",
+                                                              "cuLaunchKernel", "cuLaunchKernelEx"))
         # Device busy time well under the wall time means the card waits for the host (dispatch).
         tables = [f"{self.profile_steps} optimiser steps after step {self.profile_from}: wall {wall:.3f} s (profiler on), "
                   f"device kernels {device:.3f} s, kernel launches {launches}, {len(self.profiler.events())} events"]
