@@ -8,27 +8,51 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import TlfError
+from .errors import Failed, TlfError
+
+
+def _first_line(command: click.Command) -> str:
+    text = (command.short_help or command.help or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+class _Command(click.Command):
+    """`tlf --help` lists each command with its whole first line, not click's 45 characters."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_line(self)
 
 
 class _Group(click.Group):
-    """Turns a TlfError anywhere below into one clear message and exit code 2."""
+    """Bad input (TlfError) anywhere below: one message, exit 2; a failed step or job: exit 1."""
+
+    command_class = _Command
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_line(self)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except Failed as error:
+            click.echo(f"tlf: {error}", err=True)
+            sys.exit(1)
         except TlfError as error:
             click.echo(f"tlf: error: {error}", err=True)
             sys.exit(2)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+_Group.group_class = _Group
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120,
+                                  "max_content_width": 120})
 @click.version_option(__version__, prog_name="tlf")
 def main() -> None:
     """tlf: the blog's telecom-QA LoRA study on LLaMA-Factory and Slurm, as one tool."""
 
 
-@main.group(cls=_Group)
+@main.group()
 def data() -> None:
     """Data stage: synthetic or real competition rows -> Alpaca JSON, subsets, checks."""
 
@@ -116,14 +140,18 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
 
 
 @data.command("check")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("split_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--strict", is_flag=True, help="Exit 1 when any problem (leakage included) is found.")
-def data_check(manifest: Path, strict: bool) -> None:
-    """Report train/test leakage, duplicates, empty answers and class counts per split."""
+def data_check(split_dir: Path, strict: bool) -> None:
+    """Report train/test leakage, duplicates, empty answers and class counts per split of DIR
+    (what `tlf data split --out DIR` wrote; its split_manifest.json also works)."""
+    import pandas as pd
+
     from . import data as data_stage
 
-    report = data_stage.check(manifest)
-    click.echo(report.table.to_string())
+    report = data_stage.check(split_dir)
+    with pd.option_context("display.unicode.east_asian_width", True):  # Chinese category names align
+        click.echo(report.table.to_string())
     for problem in report.problems:
         click.echo(f"PROBLEM: {problem}")
     if not report.problems:
@@ -154,48 +182,97 @@ def data_register(manifest: Path, info: Path, force: bool) -> None:
 
 SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 RUNS_OUT_OPTION = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-                               show_default=True)
+                               show_default=True, help="The runs root: runs go to OUT/<experiment>/<run>/.")
 SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a spec key (dotted, YAML value), e.g. model=/models/tiny "
                                "or predict.fp16=false. Repeatable.")
 
 
+def spec_options(*options):
+    """SPEC, --out (the runs root), the command's own options, then --set: every command that
+    reads a spec takes them in this order."""
+    def decorate(function):
+        for option in reversed((SPEC_ARGUMENT, RUNS_OUT_OPTION, *options, SET_OPTION)):
+            function = option(function)
+        return function
+    return decorate
+
+
 def _load_spec(spec_path: Path, overrides):
     from . import spec as spec_mod
 
-    return spec_mod.load(spec_path, list(overrides))
+    loaded = spec_mod.load(spec_path, list(overrides))
+    for note in loaded.notes:
+        click.echo(f"tlf: note: {note}", err=True)
+    return loaded
+
+
+@main.command("spec")
+@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--help-keys", is_flag=True, help="Print every key a spec may hold, with its default and help.")
+@click.option("--markdown", is_flag=True, help="With --help-keys: as the README's Markdown table.")
+@SET_OPTION
+def spec_command(spec_path: Path | None, help_keys: bool, markdown: bool, overrides) -> None:
+    """Validate SPEC and list its runs, or (--help-keys) print every key a spec may hold."""
+    from . import plan as plan_mod
+    from . import spec as spec_mod
+
+    if help_keys:
+        if markdown:
+            click.echo(spec_mod.schema_markdown(), nl=False)
+            return
+        for key, default, text in spec_mod.schema_rows():
+            click.echo(f"{key:26s} {default:22s} {text}")
+        return
+    if spec_path is None:
+        raise TlfError("give SPEC to validate, or --help-keys")
+    loaded = _load_spec(spec_path, overrides)
+    runs = plan_mod.expand(loaded)
+    click.echo(f"{spec_path}: valid; experiment {loaded.name}, {len(runs)} run(s): {', '.join(r.name for r in runs)}")
 
 
 @main.command()
-@SPEC_ARGUMENT
-@RUNS_OUT_OPTION
-@click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
-@click.option("--force", is_flag=True, help="Re-render over runs that already have outputs.")
-@SET_OPTION
+@spec_options(click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing."),
+              click.option("--force", is_flag=True, help="Re-render over runs that already have outputs."))
 def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) -> None:
     """Render SPEC into LLaMA-Factory YAMLs, sbatch files and manifests, one directory per run."""
     from . import render as render_mod
 
     spec = _load_spec(spec_path, overrides)
     runs, files = render_mod.plan_and_render(spec, out)
+    changed = render_mod.plan_writes(files, force)  # a dry run refuses exactly what a real one would
     if dry_run:
-        for path, blob in sorted(files.items()):
-            state = "same" if path.exists() and path.read_bytes() == blob else "write"
-            click.echo(f"{state:5s} {path}  ({len(blob)} bytes)")
+        for path in sorted(files):
+            click.echo(f"{'write' if path in changed else 'same':5s} {path}  ({len(files[path])} bytes)")
         click.echo(f"{len(runs)} run(s); dry run: nothing written")
         return
-    changed = render_mod.write_files(files, force)
+    render_mod.write_files(files, force)
+    where = render_mod.layout(spec, out)
     for run in runs:
-        click.echo(f"{run.name:40s} {render_mod.layout(spec, out).run_dir(run)}")
+        click.echo(f"{run.name:40s} {where.run_dir(run.name)}")
     click.echo(f"{len(runs)} run(s), {len(changed)} file(s) written, {len(files) - len(changed)} unchanged")
+    _print_next_steps(spec, spec_path, out, where, runs)
+
+
+def _print_next_steps(spec, spec_path: Path, out: Path, where, runs) -> None:
+    from shlex import quote
+
+    from . import rundir
+
+    command = f"{quote(str(spec_path))} --out {quote(str(out))}"
+    if spec.profile is None:
+        click.echo(f"\nnext: tlf run {command}")
+        return
+    click.echo(f"\nnext, one of:\n  tlf submit {command}      # chains (a sweep: one job array), then the report")
+    click.echo(f"  bash {quote(str(where.root / rundir.SUBMIT_SCRIPT))}      # the same chains with plain sbatch")
+    for run in runs:
+        click.echo(f"  sbatch {quote(str(where.run_dir(run.name) / rundir.JOB_SCRIPT))}      # {run.name}: all steps in one job")
 
 
 @main.command()
-@SPEC_ARGUMENT
-@click.option("--run", "run_name", default=None, help="Diff this run of a sweep (default: the first).")
-@click.option("--all", "show_all", is_flag=True, help="Also list arguments equal to the default.")
-@SET_OPTION
-def diff(spec_path: Path, run_name: str | None, show_all: bool, overrides) -> None:
+@spec_options(click.option("--run", "run_name", default=None, help="Diff this run of a sweep (default: the first)."),
+              click.option("--all", "show_all", is_flag=True, help="Also list arguments equal to the default."))
+def diff(spec_path: Path, out: Path, run_name: str | None, show_all: bool, overrides) -> None:
     """Every training argument SPEC sets, against the installed LLaMA-Factory's defaults."""
     from . import diff as diff_mod
     from . import plan as plan_mod
@@ -206,71 +283,60 @@ def diff(spec_path: Path, run_name: str | None, show_all: bool, overrides) -> No
     if chosen is None:
         raise TlfError(f"{spec_path}: no run named {run_name!r}; runs: {', '.join(r.name for r in runs)}")
     click.echo(f"run {chosen.name} of {spec.path}")
-    click.echo(diff_mod.table(spec, chosen, show_all).to_string(index=False))
+    click.echo(diff_mod.table(spec, chosen, out, show_all).to_string(index=False))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("what", nargs=-1)
-def step(run_dir: Path, what: tuple[str, ...]) -> None:
+@click.option("--srun-nodes", type=click.IntRange(min=1), default=None,
+              help="Train with one srun task per node on this many nodes (multi-card Slurm jobs).")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --srun-nodes: training processes (cards) per node.")
+def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per_node: int) -> None:
     """Run steps of one rendered run: all | train | predict SET | score (the sbatch entry point).
 
     A step whose outputs are complete is skipped, so a requeued job goes on where it stopped.
     """
-    from . import launch
+    from . import executor
 
-    try:
-        launch.step(run_dir, list(what))
-    except launch.StepFailed as error:
-        click.echo(f"tlf: {error}", err=True)
-        sys.exit(1)
+    executor.step(run_dir, list(what), executor.Launch(srun_nodes=srun_nodes, nproc_per_node=nproc_per_node))
 
 
 @main.command()
-@SPEC_ARGUMENT
-@RUNS_OUT_OPTION
-@click.option("--only", "only", multiple=True, help="Run only this run (repeatable).")
-@click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first.")
-@SET_OPTION
+@spec_options(click.option("--only", "only", multiple=True, help="Run only this run (repeatable)."),
+              click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first."))
 def run(spec_path: Path, out: Path, only, force: bool, overrides) -> None:
     """Render SPEC and run every step locally, without Slurm, then write the report."""
-    spec = _load_spec(spec_path, overrides)
-    _run_spec(spec, out, only, force)
+    _run_spec(_load_spec(spec_path, overrides), out, only, force)
 
 
 def _run_spec(spec, out: Path, only=(), force: bool = False):
-    from . import launch
     from . import render as render_mod
-    from . import report as report_mod
+    from . import rundir, scheduler
 
     runs, files = render_mod.plan_and_render(spec, out)
     names = [r.name for r in runs]
     unknown = [o for o in only if o not in names]
     if unknown:
         raise TlfError(f"--only {unknown[0]!r}: no such run; runs: {', '.join(names)}")
-    selected = [r for r in runs if not only or r.name in only]
+    selected = [n for n in names if not only or n in only]
     where = render_mod.layout(spec, out)
+    render_mod.plan_writes(files, force)
     if force:
-        for chosen in selected:
-            launch.reset_run(where.run_dir(chosen))
+        for name in selected:
+            rundir.reset(where.run_dir(name))
     render_mod.write_files(files, force)
-    failures = []
-    for index, chosen in enumerate(selected, start=1):
-        click.echo(f"[{index}/{len(selected)}] {chosen.name}")
-        try:
-            launch.step(where.run_dir(chosen), ["all"], quiet=True, echo=lambda m: click.echo(f"  {m}"))
-        except launch.StepFailed as error:
-            click.echo(f"  FAILED: {error}", err=True)
-            failures.append(chosen.name)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
-            sys.exit(130)
-    path, table = report_mod.write_report(where.root)
-    click.echo(f"\nreport: {path}")
-    if failures:
-        click.echo(f"{len(failures)} run(s) failed: {', '.join(failures)}", err=True)
+    try:
+        result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
+        sys.exit(130)
+    click.echo(f"\nreport: {result.report}")
+    if result.failures:
+        click.echo(f"{len(result.failures)} run(s) failed: {', '.join(result.failures)}", err=True)
         sys.exit(1)
-    return path, table
+    return result.report, result.table
 
 
 @main.command()
@@ -296,83 +362,69 @@ def demo(out: Path, force: bool) -> None:
 
 
 @main.command()
-@SPEC_ARGUMENT
-@RUNS_OUT_OPTION
-@click.option("--test-only", is_flag=True, help="Ask `sbatch --test-only` about every script; submit nothing.")
-@click.option("--force", is_flag=True, help="Re-render over runs that already have outputs.")
-@SET_OPTION
+@spec_options(click.option("--test-only", is_flag=True, help="Ask `sbatch --test-only` about every script; submit nothing."),
+              click.option("--force", is_flag=True,
+                           help="Re-render over runs with outputs, and redo those whose files changed."))
 def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) -> None:
-    """Render SPEC and submit it to Slurm; returns at once.
+    """Render SPEC and submit what is not done yet to Slurm; returns at once.
 
     One run or a model comparison: per run train -> predict(s) -> score chained with afterok.
-    A sweep: one job array (--array=0-N%K). Then one report job after everything.
+    A sweep: one job array (--array=...%K). Then one report job after everything.
     """
-    from . import launch
     from . import render as render_mod
-    from . import slurm as slurm_mod
+    from . import rundir, scheduler
 
     spec = _load_spec(spec_path, overrides)
-    if not spec.cluster:
+    if spec.profile is None:
         raise TlfError(f"{spec.where('cluster')}: `tlf submit` needs a cluster profile (e.g. cluster: dcu)")
     runs, files = render_mod.plan_and_render(spec, out)
+    where = render_mod.layout(spec, out)
+    changed = render_mod.plan_writes(files, force)
+    for run_dir in {p.parent for p in changed if p.name != rundir.MANIFEST and p.parent.parent == where.root}:
+        rundir.reset(run_dir)  # --force: results of an older rendering must not pass as this one's
     render_mod.write_files(files, force)
-    root = render_mod.layout(spec, out).root
+    names = [r.name for r in runs]
     if test_only:
-        scripts = [root / r.name / slurm_mod.JOB_SCRIPT for r in runs]
-        scripts += [root / slurm_mod.ARRAY_SCRIPT, root / slurm_mod.REPORT_SCRIPT]
-        results = launch.test_only(scripts)
-        for script, rc, message in results:
-            click.echo(f"{'ok  ' if rc == 0 else 'FAIL'} {script}: {message.splitlines()[-1] if message else ''}")
-        if any(rc for _, rc, _ in results):
-            sys.exit(1)
+        _test_only([where.run_dir(n) / rundir.JOB_SCRIPT for n in names]
+                   + [where.root / rundir.ARRAY_SCRIPT, where.root / rundir.REPORT_SCRIPT])
         return
     as_array = spec.sweep is not None and len(runs) > 1
-    try:
-        record = launch.submit(root, [r.name for r in runs], spec.predict_sets, as_array)
-    except launch.StepFailed as error:
-        click.echo(f"tlf: {error}", err=True)
-        sys.exit(1)
+    record = scheduler.submit(where, names, as_array, spec.profile.array_parallel)
+    if record is None:
+        click.echo(f"nothing to do: all {len(names)} run(s) are done (--force redoes runs whose files changed)")
+        return
     if as_array:
-        click.echo(f"array {record['array']} ({len(runs)} runs), report {record['report']}")
+        click.echo(f"array {record['array']} ({len(record['runs'])} of {len(runs)} runs), report {record['report']}")
     else:
         for name, ids in record["runs"].items():
             click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
         click.echo(f"report {record['report']}")
-    click.echo(f"job ids recorded in {root / launch.JOBS}; `tlf status {spec_path}` shows progress")
+    click.echo(f"job ids recorded in {where.root / rundir.JOBS}; `tlf status {spec_path}` shows progress")
+
+
+def _test_only(scripts: list[Path]) -> None:
+    from . import scheduler
+
+    results = scheduler.test_only(scripts)
+    for script, rc, message in results:
+        click.echo(f"{'ok  ' if rc == 0 else 'FAIL'} {script}: {message.splitlines()[-1] if message else ''}")
+    if any(rc for _, rc, _ in results):
+        sys.exit(1)
 
 
 @main.command()
-@SPEC_ARGUMENT
-@RUNS_OUT_OPTION
-@SET_OPTION
+@spec_options()
 def status(spec_path: Path, out: Path, overrides) -> None:
-    """Per run: Slurm job states (squeue/sacct) and which artifacts exist."""
-    import json
-
-    from . import launch
+    """Per run: its state, artifacts, Slurm jobs (tlf submit's and plain sbatch's) and failure causes."""
     from . import plan as plan_mod
     from . import render as render_mod
+    from . import scheduler, slurm
 
     spec = _load_spec(spec_path, overrides)
-    root = render_mod.layout(spec, out).root
-    runs = plan_mod.expand(spec)
-    history = json.loads((root / launch.JOBS).read_text()) if (root / launch.JOBS).exists() else []
-    last = history[-1] if history else {"runs": {}}
-    ids = [v for ids in last["runs"].values() for v in ids.values()] + ([last["report"]] if "report" in last else [])
-    states = launch.job_states(ids)
-    for chosen in runs:
-        run_dir = root / chosen.name
-        if not (run_dir / render_mod.MANIFEST).exists():
-            click.echo(f"{chosen.name:36s} not rendered")
-            continue
-        rundir = launch.open_run(run_dir)
-        artifacts = ["train:" + ("done" if launch.train_done(rundir) else "-" if rundir.trains else "n/a")]
-        artifacts += [f"predict[{s}]:" + ("done" if launch.predict_done(rundir, s) else "-") for s in rundir.predict_sets]
-        artifacts.append("score:" + ("done" if launch.score_done(rundir) else "-"))
-        jobs = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in last["runs"].get(chosen.name, {}).items())
-        click.echo(f"{chosen.name:36s} {' '.join(artifacts)}  {jobs}")
-    if "report" in last:
-        click.echo(f"report job {last['report']}: {states.get(last['report'], '?')}")
+    names = [r.name for r in plan_mod.expand(spec)]
+    job_names = {n: slurm.job_name(spec, n) for n in names}
+    for line in scheduler.status_lines(render_mod.layout(spec, out), names, job_names):
+        click.echo(line)
 
 
 @main.command()
@@ -410,14 +462,14 @@ def score(predictions: Path, manifest: Path | None, split: str | None, long_thre
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report directory (default: <experiment>/report).")
-@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Where the experiment was rendered (render's --out).")
+@click.option("--out", "--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="The runs root the experiment was rendered into (render's --out).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the report (default: <experiment>/report).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The experiment directory itself (what report.sbatch passes), instead of SPEC.")
 @SET_OPTION
-def report(spec_path: Path | None, out: Path | None, runs_root: Path, root: Path | None, overrides) -> None:
+def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, root: Path | None, overrides) -> None:
     """One comparison table (Markdown, CSV) and plots over every run of an experiment."""
     from . import render as render_mod
     from . import report as report_mod
@@ -426,12 +478,12 @@ def report(spec_path: Path | None, out: Path | None, runs_root: Path, root: Path
         if spec_path is None:
             raise TlfError("give SPEC or --root EXPERIMENT_DIR")
         root = render_mod.layout(_load_spec(spec_path, overrides), runs_root).root
-    path, table = report_mod.write_report(root, out)
+    path, table = report_mod.write_report(root, report_dir)
     click.echo(table.to_string(index=False))
     click.echo(f"\nreport: {path}")
 
 
-@main.group(cls=_Group)
+@main.group()
 def model() -> None:
     """Local models for tests and the demo."""
 

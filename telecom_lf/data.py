@@ -333,8 +333,25 @@ def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int 
     order = {c: [i for i, k in enumerate(categories) if k == c] for c in sorted(counts)}
     for c in order:
         rng.shuffle(order[c])
-    taken = {c: 0 for c in order}  # rows of each class's order used by test subsets
-    for request in [r for r in requests if r.role == "test"]:
+    taken = _cut_tests(plan, [r for r in requests if r.role == "test"], counts, order)
+    pool = {c: order[c][taken[c]:] for c in order}
+    if questions is not None:
+        pool = _strict_holdout(plan, pool, questions)
+    _cut_trains(plan, [r for r in requests if r.role == "train"], counts, pool)
+    if mode == "blog":
+        everything = f"{_prefix(requests)}_train_{len(categories)}"
+        plan.subsets[everything], plan.roles[everything] = list(range(len(categories))), "train"
+        plan.warnings.append(
+            f"blog mode: {everything} holds every row, so the rows of "
+            f"{', '.join(n for n, r in plan.roles.items() if r == 'test')} are inside its "
+            "training set; scores on them measure recall of seen rows, not generalisation")
+    return plan
+
+
+def _cut_tests(plan: SplitPlan, tests: list[SubsetRequest], counts: Counter, order: dict) -> dict[str, int]:
+    """Test subsets from the front of each class's order; returns the rows taken per class."""
+    taken = {c: 0 for c in order}
+    for request in tests:
         caps = {c: len(order[c]) - taken[c] for c in order}
         size = request.size if request.size is not None else sum(caps.values())
         if size > sum(caps.values()):
@@ -344,18 +361,24 @@ def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int 
         for c in order:
             taken[c] += quotas[c]
         plan.subsets[request.name], plan.roles[request.name] = sorted(chosen), "test"
-    pool = {c: order[c][taken[c]:] for c in order}
-    if questions is not None:
-        held_out = {normalise_question(questions[i]) for name, role in plan.roles.items() if role == "test"
-                    for i in plan.subsets[name]}
-        before = sum(len(rows) for rows in pool.values())
-        pool = {c: [i for i in rows if normalise_question(questions[i]) not in held_out] for c, rows in pool.items()}
-        plan.excluded = before - sum(len(rows) for rows in pool.values())
+    return taken
+
+
+def _strict_holdout(plan: SplitPlan, pool: dict, questions: list[str]) -> dict:
+    """Keep rows whose normalised question is a test question out of the train pool."""
+    held_out = {normalise_question(questions[i]) for name, role in plan.roles.items() if role == "test"
+                for i in plan.subsets[name]}
+    before = sum(len(rows) for rows in pool.values())
+    pool = {c: [i for i in rows if normalise_question(questions[i]) not in held_out] for c, rows in pool.items()}
+    plan.excluded = before - sum(len(rows) for rows in pool.values())
+    return pool
+
+
+def _cut_trains(plan: SplitPlan, trains: list[SubsetRequest], counts: Counter, pool: dict) -> None:
+    """Nested train subsets, smallest first, each inside the next, in the data's proportions."""
     caps = {c: len(rows) for c, rows in pool.items()}
     previous: dict[str, int] | None = None
-    trains = sorted((r for r in requests if r.role == "train"),
-                    key=lambda r: math.inf if r.size is None else r.size)
-    for request in trains:
+    for request in sorted(trains, key=lambda r: math.inf if r.size is None else r.size):
         available = sum(caps.values())
         size = available if request.size is None else request.size
         if size > available:
@@ -368,14 +391,6 @@ def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int 
         plan.subsets[request.name] = sorted(i for c in pool for i in pool[c][:quotas[c]])
         plan.roles[request.name] = "train"
         previous = quotas
-    if mode == "blog":
-        everything = f"{_prefix(requests)}_train_{len(categories)}"
-        plan.subsets[everything], plan.roles[everything] = list(range(len(categories))), "train"
-        plan.warnings.append(
-            f"blog mode: {everything} holds every row, so the rows of "
-            f"{', '.join(n for n, r in plan.roles.items() if r == 'test')} are inside its "
-            "training set; scores on them measure recall of seen rows, not generalisation")
-    return plan
 
 
 def _prefix(requests: list[SubsetRequest]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from . import data, launch, synth, tiny
+from . import data, executor, synth, tiny
 from .errors import TlfError
 from .fsutil import atomic_write
 
@@ -25,10 +25,9 @@ PRETRAIN_SEED = 12345     # a different draw from the study's rows (seed 0)
 
 
 def demo_spec_path() -> Path:
-    from .slurm import PACKAGE_DIR
+    from .cluster import resource_dir
 
-    source = PACKAGE_DIR.parent / "experiments" / "demo.yaml"
-    return source if source.exists() else PACKAGE_DIR / "_experiments" / "demo.yaml"
+    return resource_dir("experiments") / "demo.yaml"
 
 
 def prepare_data(out: Path, echo) -> Path:
@@ -69,7 +68,7 @@ def prepare_base_model(out: Path, echo) -> Path:
               "save_strategy": "no", "report_to": "none", "seed": 42}
     atomic_write(work / "pretrain.yaml", yaml.safe_dump(config, sort_keys=False))
     echo("base model: pre-training the tiny Gemma on unlabelled telecom text (stage pt) ...")
-    rc = launch.run_child([sys.executable, "-m", "telecom_lf.lf_entry", "train", str(work / "pretrain.yaml")],
+    rc = executor.run_child([sys.executable, "-m", "telecom_lf.lf_entry", "train", str(work / "pretrain.yaml")],
                           work / "pretrain.log", (base / "trainer_log.jsonl", "pre-train"))
     if rc != 0:
         raise TlfError(f"pre-training the demo's base model failed; log: {work / 'pretrain.log'}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from . import lfargs
 from .plan import RunPlan
-from .render import predict_config, train_config
+from .render import layout, predict_config, train_config
 from .spec import Spec
 
 
@@ -18,29 +20,27 @@ def _effective_default(name: str, config: dict):
     return table[name].default
 
 
-def table(spec: Spec, run: RunPlan, show_all: bool = False) -> pd.DataFrame:
-    """One row per argument the rendered configs set: value, default, whether it differs."""
-    from .render import layout
-
-    run_dir = layout(spec, spec.path.parent / "runs").run_dir(run)
-    rows = []
+def table(spec: Spec, run: RunPlan, out: Path, show_all: bool = False) -> pd.DataFrame:
+    """One row per argument the rendered configs set: value, default, whether it differs, and
+    where the value came from. ``out`` is the runs root, as for ``tlf render --out``."""
+    run_dir = layout(spec, out).run_dir(run.name)
     configs = []
     if run.train_args is not None:
         configs.append(("train", train_config(spec, run, run_dir)))
     for dataset in spec.predict_sets[:1]:
         configs.append(("predict", predict_config(spec, run, run_dir, dataset)))
+    rows = []
     for stage, config in configs:
-        for name, value in config.items():
+        values = config.values()
+        for name, (value, origin) in config.items():
             info = lfargs.table().get(name)
             if info is None:
                 continue
-            declared = info.default
-            effective = _effective_default(name, config)
+            effective = _effective_default(name, values)
             differs = value != effective
-            if not differs and not show_all:
-                continue
-            note = f"None -> {effective} (2 x lora_rank)" if name == "lora_alpha" and declared is None else ""
-            rows.append({"stage": stage, "argument": name, "value": value,
-                         "llamafactory default": declared, "differs": "*" if differs else "",
-                         "note": note or info.group})
-    return pd.DataFrame(rows, columns=["stage", "argument", "value", "llamafactory default", "differs", "note"])
+            if differs or show_all:
+                derived = name == "lora_alpha" and info.default is None
+                default = f"None -> {effective} (2 x lora_rank)" if derived else info.default
+                rows.append({"stage": stage, "argument": name, "value": value, "llamafactory default": default,
+                             "differs": "*" if differs else "", "origin": origin})
+    return pd.DataFrame(rows, columns=["stage", "argument", "value", "llamafactory default", "differs", "origin"])

@@ -12,17 +12,37 @@ from __future__ import annotations
 import sys
 
 
+USAGE = """usage: tlf-lf COMMAND [ARGS]   (llamafactory-cli with tlf's blog-era templates registered)
+
+  tlf-lf train CONFIG.yaml [key=value ...]    train or predict, as llamafactory-cli train
+  tlf-lf chat CONFIG.yaml                     chat, as llamafactory-cli chat
+  tlf-lf export CONFIG.yaml                   merge and export, as llamafactory-cli export
+  tlf-lf env | version                        LLaMA-Factory's environment and version
+  tlf-lf slurm-node --nproc-per-node N train CONFIG.yaml
+                                              one srun task per node of a multi-node job (tlf step uses it)
+
+Templates added: tlf_blog_default (LLaMA-Factory 0.6's `default`, the blog's prompts).
+"""
+
+
 def main() -> None:
     import os
 
-    if len(sys.argv) > 1 and sys.argv[1] == "slurm-node":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if len(sys.argv) > 1 else 2)
+    if sys.argv[1] == "slurm-node":
         # One srun task per node (see templates/_step_body.j2): tell LLaMA-Factory's launcher
-        # where it is. It counts 0 devices on a CPU node, so the card count comes from tlf.
+        # where it is. It counts 0 devices on a CPU node, so the card count comes from tlf step.
         sys.argv.pop(1)
+        nproc = "1"
+        if len(sys.argv) > 2 and sys.argv[1] == "--nproc-per-node":
+            nproc = sys.argv[2]
+            del sys.argv[1:3]
         os.environ["FORCE_TORCHRUN"] = "1"
         os.environ["NNODES"] = os.environ.get("SLURM_NNODES", "1")
         os.environ["NODE_RANK"] = os.environ.get("SLURM_NODEID", "0")
-        os.environ["NPROC_PER_NODE"] = os.environ.get("TLF_NPROC_PER_NODE", "1")
+        os.environ["NPROC_PER_NODE"] = nproc
     from telecom_lf.compat import register_blog_templates
 
     register_blog_templates()

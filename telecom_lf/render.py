@@ -7,87 +7,108 @@ refuses to touch a run that has already produced outputs unless forced.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
-from . import __version__, lfargs, slurm
+from . import __version__, lfargs, rundir, slurm
 from . import plan as plan_mod
 from .errors import TlfError
 from .fsutil import atomic_write, sha256_bytes
 from .plan import RunPlan
+from .rundir import MANIFEST, TRAIN_DIR, TRAIN_FILE, predict_dir, predict_file
 from .spec import Spec
 
-TRAIN_FILE = "train.yaml"
-TRAIN_DIR = "train"
-MANIFEST = "manifest.json"
-EXPERIMENT = "experiment.json"
 # LLaMA-Factory 0.6, which the blog ran, cut sequences at 1024 tokens; 0.9.5 at 2048.
 BLOG_CUTOFF_LEN = 1024
 # tlf's own choices where LLaMA-Factory's defaults hide what a study needs to see:
 # a loss point every 5 steps (HF's default 500 logs nothing on short runs) and the loss plot.
-TLF_TRAIN_DEFAULTS = {"logging_steps": 5, "plot_loss": True, "report_to": "none"}
+TLF_TRAIN_DEFAULTS = {"logging_steps": (5, "tlf default: a loss point every 5 steps (HF: 500)"),
+                      "plot_loss": (True, "tlf default: training_loss.png"),
+                      "report_to": ("none", "tlf default: no wandb/tensorboard")}
+FAST = "speed: fast"
 
 
-def predict_file(dataset: str) -> str:
-    return f"predict-{dataset}.yaml"
+class Config(dict):
+    """LLaMA-Factory arguments in order, each with where its value came from."""
+
+    def put(self, key: str, value, origin: str) -> None:
+        self[key] = (value, origin)
+
+    def values(self) -> dict:  # type: ignore[override]
+        return {key: value for key, (value, _origin) in self.items()}
+
+    def value(self, key: str, default=None):
+        return self[key][0] if key in self else default
 
 
-def predict_dir(dataset: str) -> str:
-    return f"predict-{dataset}"
+def layout(spec: Spec, out: Path) -> rundir.Experiment:
+    return rundir.Experiment.at(out, spec.name)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where an experiment's runs live: ``<out>/<experiment>/<run>/``."""
-    root: Path
-
-    def run_dir(self, run: RunPlan | str) -> Path:
-        return self.root / (run if isinstance(run, str) else run.name)
+def _from_spec(spec: Spec, *path) -> str:
+    line = spec.line(*path)
+    return f"spec {spec.path.name}:{line}" if line else f"spec {spec.path.name}"
 
 
-def layout(spec: Spec, out: Path) -> Layout:
-    return Layout(Path(out).resolve() / spec.name)
+def _arg_origin(spec: Spec, run: RunPlan, key: str) -> str:
+    """A training argument's origin: the sweep line that chose it, else its line under train:."""
+    sweep = spec.sweep
+    if key in run.varied and sweep:
+        if any(tie.target == key for tie in sweep.tie):
+            return _from_spec(spec, "sweep", "tie", key) + " (sweep tie)"
+        for section in ("grid", "vary"):
+            if key in getattr(sweep, section):
+                return _from_spec(spec, "sweep", section, key) + f" (sweep {section})"
+        for index, group in enumerate(sweep.zip):
+            if key in group:
+                return _from_spec(spec, "sweep", "zip", index, key) + " (sweep zip)"
+    if run.is_baseline:
+        return _from_spec(spec, "train", key) + " (kept by the upstream baseline)"
+    return _from_spec(spec, "train", key)
 
 
-def _yaml(header: list[str], config: dict) -> bytes:
-    body = yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
-    return ("".join(f"# {line}\n" for line in header) + body).encode("utf-8")
+def _common(spec: Spec, config: Config) -> None:
+    template_note = f" (prompt: blog -> LLaMA-Factory 0.6's {spec.template})" if spec.prompt == "blog" else ""
+    config.put("template", spec.lf_template, _from_spec(spec, "template") + template_note)
+    config.put("dataset_dir", str(spec.data_dir), _from_spec(spec, "data", "dir"))
+    config.put("seed", spec.seed, _from_spec(spec, "seed") if spec.line("seed") else "tlf default: 42, as HF")
 
 
-def _common(spec: Spec, run: RunPlan) -> dict:
-    return {"template": spec.lf_template, "dataset_dir": str(spec.data_dir), "seed": spec.seed}
+def _model_origin(spec: Spec, run: RunPlan) -> str:
+    return _from_spec(spec, "models", run.model_name) if len(spec.models) > 1 else _from_spec(spec, "model")
 
 
-def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> dict:
+def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
     args = dict(run.train_args or {})
-    config = {
-        "model_name_or_path": run.model_path,
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": args.pop("finetuning_type", "lora"),
-        **_common(spec, run),
-        "dataset": spec.train_set,
-        # A stable output_dir that is never wiped: LLaMA-Factory resumes from its last
-        # checkpoint-* there after a requeue or a Ctrl-C.
-        "output_dir": str(run_dir / TRAIN_DIR),
-        "overwrite_output_dir": False,
-    }
+    config = Config()
+    config.put("model_name_or_path", run.model_path, _model_origin(spec, run))
+    config.put("stage", "sft", "tlf: supervised fine-tuning")
+    config.put("do_train", True, "tlf: the train step")
+    if "finetuning_type" not in args:
+        config.put("finetuning_type", "lora", "tlf default: LoRA, as the blog")
+    _common(spec, config)
+    config.put("dataset", spec.train_set, _from_spec(spec, "data", "train"))
+    config.put("output_dir", str(run_dir / TRAIN_DIR), "tlf: the run directory (stable: resume after a requeue)")
+    config.put("overwrite_output_dir", False, "tlf: resume from the last checkpoint, never wipe")
     if spec.prompt == "blog":
-        config["cutoff_len"] = BLOG_CUTOFF_LEN
-    for key, value in TLF_TRAIN_DEFAULTS.items():
-        config.setdefault(key, value)
-    profile = slurm.spec_profile(spec)
+        config.put("cutoff_len", BLOG_CUTOFF_LEN, "tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)")
+    for key, (value, origin) in TLF_TRAIN_DEFAULTS.items():
+        config.put(key, value, origin)
+    profile = spec.profile
     if profile and profile.precision and not ({"fp16", "bf16", "pure_bf16"} & set(args)):
-        config[profile.precision] = True
+        config.put(profile.precision, True, f"profile {profile.name}")
     if "save_steps" not in args and args.get("save_strategy", "steps") == "steps":
-        config["save_steps"] = _save_steps(spec, args)
-        config.setdefault("save_total_limit", 2)
-    config.update(args)
+        config.put("save_steps", _save_steps(spec, args), "tlf default: about ten checkpoints per run")
+        config.put("save_total_limit", 2, "tlf default: keep the last two checkpoints")
+    for key, value in args.items():
+        config.put(key, value, _arg_origin(spec, run, key))
     if spec.speed == "fast":
-        config.update(fast_settings(spec, run, config, args, profile.gpu_memory_gb if profile else None))
+        for key, value in fast_settings(spec, run, config.values(), args,
+                                        profile.gpu_memory_gb if profile else None).items():
+            before = f" (was {config[key][0]}: {config[key][1]})" if key in config and config[key][0] != value else ""
+            config.put(key, value, FAST + before)
     return config
 
 
@@ -164,41 +185,44 @@ def _save_steps(spec: Spec, args: dict) -> int:
     return max(1, int(total // 10))
 
 
-def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> dict:
+def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Config:
     train = run.train_args
     finetuning = (train or {}).get("finetuning_type", "lora")
-    config: dict = {"model_name_or_path": run.model_path}
+    config = Config()
     if train is not None and finetuning == "full":
-        config["model_name_or_path"] = str(run_dir / TRAIN_DIR)
-    elif train is not None:
-        config["adapter_name_or_path"] = str(run_dir / TRAIN_DIR)
-    config.update({
-        "stage": "sft",
-        "do_predict": True,
-        "predict_with_generate": True,
-        "finetuning_type": finetuning,
-        **_common(spec, run),
-        # 0.9.5 reads the predict set from eval_dataset; `dataset` fails there.
-        "eval_dataset": dataset,
-        "output_dir": str(run_dir / predict_dir(dataset)),
-        "overwrite_output_dir": True,
-        "report_to": "none",
-    })
+        config.put("model_name_or_path", str(run_dir / TRAIN_DIR), "tlf: the run's fully fine-tuned model")
+    else:
+        config.put("model_name_or_path", run.model_path, _model_origin(spec, run))
+    if train is not None and finetuning != "full":
+        config.put("adapter_name_or_path", str(run_dir / TRAIN_DIR), "tlf: the run's adapter")
+    config.put("stage", "sft", "tlf: predict runs through the sft stage")
+    config.put("do_predict", True, "tlf: the predict step")
+    config.put("predict_with_generate", True, "tlf: exact match scores generated text")
+    config.put("finetuning_type", finetuning, _from_spec(spec, "train", "finetuning_type")
+               if "finetuning_type" in (train or {}) else "tlf default: LoRA, as the blog")
+    _common(spec, config)
+    # 0.9.5 reads the predict set from eval_dataset; `dataset` fails there.
+    config.put("eval_dataset", dataset, _from_spec(spec, "data", "predict"))
+    config.put("output_dir", str(run_dir / predict_dir(dataset)), "tlf: the run directory")
+    config.put("overwrite_output_dir", True, "tlf: a predict step is redone whole")
+    config.put("report_to", "none", "tlf default: no wandb/tensorboard")
     if spec.prompt == "blog":
-        config["cutoff_len"] = BLOG_CUTOFF_LEN
+        config.put("cutoff_len", BLOG_CUTOFF_LEN, "tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)")
     if train and "cutoff_len" in train:
-        config["cutoff_len"] = train["cutoff_len"]
+        config.put("cutoff_len", train["cutoff_len"], _arg_origin(spec, run, "cutoff_len") + " (as trained)")
     if spec.decoding == "greedy":
         # LLaMA-Factory samples by default (temperature 0.95, top_p 0.7): the blog's scores
         # were sampled. Greedy makes a score a property of the adapter, not of the dice.
-        config["do_sample"] = False
-    config.update(spec.predict)
+        config.put("do_sample", False, "tlf default: greedy predict (decoding: greedy)")
+    for key, value in spec.predict.items():
+        config.put(key, value, _from_spec(spec, "predict", key))
     if spec.speed == "fast":
         # Rows are generated independently (left-padded), so a batch changes the speed, not the
         # maths; bf16 near-ties can still flip a token (measured: 100/100 identical on an H200,
         # 99/100 on an H100).
-        batch = config.get("per_device_eval_batch_size", lfargs.table()["per_device_eval_batch_size"].default)
-        config["per_device_eval_batch_size"] = max(batch, FAST_PREDICT_BATCH)
+        batch = config.value("per_device_eval_batch_size", lfargs.table()["per_device_eval_batch_size"].default)
+        if batch < FAST_PREDICT_BATCH:
+            config.put("per_device_eval_batch_size", FAST_PREDICT_BATCH, FAST)
     return config
 
 
@@ -232,41 +256,81 @@ def _row_count(data_file: Path) -> int:
     return len(json.loads(data_file.read_text(encoding="utf-8")))
 
 
+# LLaMA-Factory's argument groups, in the order its train parser reads them.
+GROUP_ORDER = ("ModelArguments", "DataArguments", "Seq2SeqTrainingArguments", "TrainingArguments",
+               "FinetuningArguments", "GeneratingArguments")
+
+
+def config_yaml(header: list[str], config: Config) -> bytes:
+    """The config as YAML that plain llamafactory-cli reads: keys grouped by LLaMA-Factory's
+    argument group, each line commented with where its value came from."""
+    table = lfargs.table()
+    groups: dict[str, list[str]] = {}
+    for key, (value, origin) in config.items():
+        line = yaml.safe_dump({key: value}, allow_unicode=True, default_flow_style=False, width=10**6).rstrip("\n")
+        text = f"{line}  # {origin}" if "\n" not in line else f"# {origin}\n{line}"
+        group = table[key].group if key in table else "other"
+        groups.setdefault(group, []).append(text)
+    order = sorted(groups, key=lambda g: GROUP_ORDER.index(g) if g in GROUP_ORDER else len(GROUP_ORDER))
+    body = "".join(f"\n# --- {group} ---\n" + "\n".join(groups[group]) + "\n" for group in order)
+    blob = ("".join(f"# {line}\n" for line in header) + body).encode("utf-8")
+    if yaml.safe_load(blob) != config.values():
+        raise AssertionError("tlf bug: the commented YAML does not read back as the config it was made from")
+    return blob
+
+
+def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
+    return [f"Rendered by tlf {__version__} from {spec.path} (run {run.name}); re-render, do not edit.",
+            f"Run:      tlf-lf train {name}   (llamafactory-cli plus tlf's blog-era templates)",
+            f"Override: tlf-lf train {name} learning_rate=1.0e-4   (key=value after the file)",
+            "Each value's comment says where it came from: the spec's file:line, the cluster profile,",
+            "a tlf default (and why), or speed: fast."]
+
+
+def _run_files(spec: Spec, run: RunPlan, run_dir: Path, entries: bytes) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    if run.train_args is not None:
+        files[TRAIN_FILE] = config_yaml(_header(spec, run, TRAIN_FILE), train_config(spec, run, run_dir))
+    for dataset in spec.predict_sets:
+        name = predict_file(dataset)
+        files[name] = config_yaml(_header(spec, run, name), predict_config(spec, run, run_dir, dataset))
+    files[rundir.DATASETS_FILE] = entries
+    files.update(slurm.job_files(spec, run, run_dir))
+    return files
+
+
+def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dict) -> bytes:
+    split_manifest = spec.data_dir / "split_manifest.json"
+    manifest = {
+        **provenance,
+        "experiment": spec.name,
+        "run": run.name,
+        "model": {"name": run.model_name, "path": run.model_path},
+        "prompt": spec.prompt,
+        "template": spec.lf_template,
+        "seed": spec.seed,
+        "varied": run.varied,
+        "baseline": run.is_baseline,
+        "trains": run.train_args is not None,
+        "predict_sets": spec.predict_sets,
+        "dataset_dir": str(spec.data_dir),
+        "split_manifest": str(split_manifest) if split_manifest.exists() else None,
+        "files": {name: sha256_bytes(blob) for name, blob in sorted(files.items())},
+    }
+    return (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
 def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes]:
     """Every file of the experiment, path -> bytes. Pure: no file is written."""
     where = layout(spec, out)
-    versions = lfargs.installed_versions()
-    commit = git_commit(spec.path.parent)
+    provenance = {"tlf": __version__, "versions": lfargs.installed_versions(), "spec": str(spec.path),
+                  "spec_sha256": spec.sha256, "git_commit": git_commit(spec.path.parent)}
     entries = (json.dumps(spec.datasets, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
     files: dict[Path, bytes] = {}
     for run in runs:
-        run_dir = where.run_dir(run)
-        header = [f"Rendered by tlf {__version__} from {spec.path} (run {run.name}); re-render, do not edit.",
-                  "Run: tlf-lf train <this file>   (llamafactory-cli plus tlf's blog-era templates)"]
-        run_files: dict[str, bytes] = {}
-        if run.train_args is not None:
-            run_files[TRAIN_FILE] = _yaml(header, train_config(spec, run, run_dir))
-        for dataset in spec.predict_sets:
-            run_files[predict_file(dataset)] = _yaml(header, predict_config(spec, run, run_dir, dataset))
-        run_files["datasets.json"] = entries
-        run_files.update(slurm.job_files(spec, run, run_dir))
-        manifest = {
-            "tlf": __version__,
-            "versions": versions,
-            "spec": str(spec.path),
-            "spec_sha256": spec.sha256,
-            "git_commit": commit,
-            "experiment": spec.name,
-            "run": run.name,
-            "model": {"name": run.model_name, "path": run.model_path},
-            "prompt": spec.prompt,
-            "template": spec.lf_template,
-            "seed": spec.seed,
-            "varied": run.varied,
-            "baseline": run.is_baseline,
-            "files": {name: sha256_bytes(blob) for name, blob in sorted(run_files.items())},
-        }
-        run_files[MANIFEST] = (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        run_dir = where.run_dir(run.name)
+        run_files = _run_files(spec, run, run_dir, entries)
+        run_files[MANIFEST] = _manifest(spec, run, run_files, provenance)
         files.update({run_dir / name: blob for name, blob in run_files.items()})
     experiment = {
         "experiment": spec.name,
@@ -276,24 +340,37 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
         "runs": [{"name": r.name, "model": r.model_name, "varied": r.varied, "baseline": r.is_baseline,
                   "train": r.train_args is not None} for r in runs],
     }
-    files.update(slurm.experiment_files(spec, [r.name for r in runs], where.root))
-    files[where.root / EXPERIMENT] = (json.dumps(experiment, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    files.update(slurm.experiment_files(spec, runs, where.root))
+    files[where.root / rundir.EXPERIMENT] = (json.dumps(experiment, ensure_ascii=False, indent=2) + "\n").encode()
     return files
 
 
-def run_started(run_dir: Path) -> bool:
-    """True once LLaMA-Factory has written anything for this run."""
-    return (run_dir / TRAIN_DIR).exists() or any(run_dir.glob("predict-*/"))
+def _only_provenance_differs(path: Path, blob: bytes) -> bool:
+    """A started run's manifest may be rewritten when its rendered files are the same: only
+    provenance (the spec's hash, versions, commit) changed, and the results still match."""
+    if path.name != MANIFEST:
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["files"] == json.loads(blob)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
-def write_files(files: dict[Path, bytes], force: bool = False) -> list[Path]:
-    """Write what changed; refuse (before writing anything) to change a started run."""
+def plan_writes(files: dict[Path, bytes], force: bool = False) -> list[Path]:
+    """The files that differ from what is on disk. Refuses, before anything is written, to change a
+    run that has outputs (unless forced): the same check for a dry run and a real one."""
     changed = [p for p, blob in files.items() if not p.exists() or p.read_bytes() != blob]
     if not force:
         for path in changed:
-            if path.exists() and run_started(path.parent):
+            if path.exists() and rundir.started(path.parent) and not _only_provenance_differs(path, files[path]):
                 raise TlfError(f"{path} differs from the new rendering and run {path.parent.name} has "
                                f"outputs in {path.parent}; pass --force to re-render over it")
+    return changed
+
+
+def write_files(files: dict[Path, bytes], force: bool = False) -> list[Path]:
+    """Write what changed (each file whole, atomically); refuse to change a started run."""
+    changed = plan_writes(files, force)
     for path in changed:
         atomic_write(path, files[path])
     return changed

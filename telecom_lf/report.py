@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import render
-from .errors import TlfError
+from . import rundir
 from .fsutil import atomic_write
 
 METRICS = ["acc", "long_recall", "rouge-1", "bleu-4", "item_f1"]
@@ -58,7 +57,7 @@ def safetensors_parameters(path: Path) -> int | None:
 
 
 def _trainable_from_logs(run_dir: Path) -> int | None:
-    for log in sorted((run_dir / "logs").glob("*")) if (run_dir / "logs").is_dir() else []:
+    for log in sorted((run_dir / rundir.LOGS).glob("*")) if (run_dir / rundir.LOGS).is_dir() else []:
         try:
             text = log.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -88,29 +87,21 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _state(run_dir: Path, trains: bool, predict_sets: list[str]) -> str:
-    if not run_dir.exists():
+def _state(run_dir: Path) -> str:
+    if not (run_dir / rundir.MANIFEST).exists():
         return "missing"
-    if trains and not (run_dir / render.TRAIN_DIR / "train_results.json").exists():
-        return "failed or not trained" if (run_dir / render.TRAIN_DIR).exists() else "not started"
-    if not all((run_dir / render.predict_dir(s) / "generated_predictions.jsonl").exists() for s in predict_sets):
-        return "not predicted"
-    if not (run_dir / "scores.json").exists():
-        return "not scored"
-    return "done"
+    return rundir.state(rundir.open_run(run_dir))
 
 
 def gather(root: Path) -> tuple[dict, list[RunRecord]]:
-    experiment = _read_json(root / render.EXPERIMENT)
-    if experiment is None:
-        raise TlfError(f"{root}: no {render.EXPERIMENT}; render the experiment first")
+    experiment = rundir.Experiment(root).read()
     sets = experiment["predict_sets"]
     records = []
     for run in experiment["runs"]:
         run_dir = root / run["name"]
-        train_dir = run_dir / render.TRAIN_DIR
+        train_dir = run_dir / rundir.TRAIN_DIR
         results = _read_json(train_dir / "train_results.json") or {}
-        scores = (_read_json(run_dir / "scores.json") or {}).get("sets", {})
+        scores = (_read_json(run_dir / rundir.SCORES) or {}).get("sets", {})
         adapter = train_dir / "adapter_model.safetensors"
         weights = adapter if adapter.exists() else train_dir / "model.safetensors"
         log = _trainer_log(train_dir)
@@ -119,7 +110,7 @@ def gather(root: Path) -> tuple[dict, list[RunRecord]]:
         peak = [e["vram_allocated"] for e in log if _number(e.get("vram_allocated")) and e["vram_allocated"] > 0]
         row = {
             "run": run["name"],
-            "state": _state(run_dir, run["train"], sets),
+            "state": _state(run_dir),
             **{k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in run["varied"].items()},
             "trainable_params": _trainable_from_logs(run_dir) or (safetensors_parameters(adapter) if adapter.exists() else None),
             "adapter_mb": round(weights.stat().st_size / 2**20, 3) if weights.exists() else None,
@@ -237,7 +228,7 @@ def _markdown(table: pd.DataFrame) -> str:
 def write_report(root: Path, out: Path | None = None) -> tuple[Path, pd.DataFrame]:
     """Write report.md, report.csv and the PNGs (each whole, atomically); return the .md path."""
     root = Path(root).resolve()
-    out = Path(out).resolve() if out else root / "report"
+    out = Path(out).resolve() if out else rundir.Experiment(root).report_dir
     experiment, records = gather(root)
     table = comparison_table(experiment, records)
     files: dict[str, bytes] = {"report.csv": table.to_csv(index=False).encode("utf-8")}

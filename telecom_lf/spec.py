@@ -7,8 +7,9 @@ annotated examples and the README for the full list.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -17,12 +18,9 @@ from . import lfargs
 from .compat import BLOG_TEMPLATE_FOR
 from .errors import TlfError
 from .fsutil import sha256_bytes
+from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
 
-TOP_KEYS = ("name", "description", "model", "models", "data", "prompt", "template", "cluster",
-            "seed", "train", "predict", "decoding", "sweep", "baseline", "slurm", "speed", "micro_batch")
 SPEEDS = ("as-written", "fast")
-DATA_KEYS = ("dir", "train", "predict")
-SWEEP_KEYS = ("grid", "zip", "vary", "tie")
 PROMPT_MODES = ("blog", "upstream")
 DECODING = ("greedy", "sampled")
 # Keys tlf writes itself: setting them in a spec would silently fight the plan.
@@ -30,6 +28,101 @@ RESERVED = {"model_name_or_path", "adapter_name_or_path", "dataset", "eval_datas
             "output_dir", "do_train", "do_predict", "do_eval", "stage", "template", "seed"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 TIE_RE = re.compile(r"^\s*(?:(?P<k1>[0-9.]+)\s*\*\s*(?P<n1>[a-z_]+)|(?P<n2>[a-z_]+)(?:\s*\*\s*(?P<k2>[0-9.]+))?)\s*$")
+# A path that does not exist here but reads like `owner/model`: a hub id, resolved at run time.
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+# ---------------------------------------------------------------- the schema: one dataclass per concern
+# These name every key a spec may hold, with its default and why; validation, `tlf spec
+# --help-keys` and the README's key table are all generated from them.
+
+
+def _key(default, help_text: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class ExperimentKeys:
+    name: str | None = _key(None, "experiment name: runs go to <out>/<name>/<run>/ (default: the spec's file stem)")
+    description: str | None = _key(None, "free text, kept with the spec")
+    model: str | None = _key(None, "model directory (relative to the spec) or hub id (resolved at run time)")
+    models: dict | None = _key(None, "name -> model path: a model comparison, one run per model and sweep point")
+    seed: int = _key(42, "LLaMA-Factory's seed for training and predict")
+    baseline: str | None = _key(None, "upstream: add a run with LLaMA-Factory's own defaults for every "
+                                      "hyper-parameter (only infrastructure settings kept)")
+
+
+@dataclass(frozen=True)
+class DataKeys:
+    dir: str = _key("data", "the dataset_dir holding dataset_info.json (relative to the spec)")
+    train: str | None = _key(None, "registered data set to train on (none: a predict-only probe)")
+    predict: list = _key([], "registered data sets to predict on and score")
+
+
+@dataclass(frozen=True)
+class PromptKeys:
+    prompt: str = _key("upstream", "blog: LLaMA-Factory 0.6's template rendering (the blog's token ids); "
+                                   "upstream: the installed LLaMA-Factory's")
+    template: str | None = _key(None, "required: the LLaMA-Factory template name, e.g. default or gemma")
+    decoding: str = _key("greedy", "greedy (tlf's default: repeatable scores) or sampled "
+                                   "(LLaMA-Factory's defaults, what the blog got)")
+
+
+@dataclass(frozen=True)
+class ArgumentKeys:
+    train: dict | None = _key(None, "LLaMA-Factory training arguments by their own names (validated against "
+                                    "the installed version); absent: no training")
+    predict: dict = _key({}, "LLaMA-Factory arguments for every predict run (e.g. max_new_tokens)")
+
+
+@dataclass(frozen=True)
+class SweepKeys:
+    grid: dict = _key({}, "argument -> list of values: the cartesian product")
+    zip: list = _key([], "groups of argument -> equal-length lists that move together")
+    vary: dict = _key({}, "argument -> values tried one at a time around train: (the blog's A/B method)")
+    tie: dict = _key({}, "argument -> '<number> * <argument>', e.g. lora_alpha: 2 * lora_rank")
+
+
+@dataclass(frozen=True)
+class SpeedKeys:
+    speed: str = _key("as-written", "as-written, or fast: same data and maths, faster "
+                                    "(one micro-batch, SDPA, cached tokens, batched predict)")
+    micro_batch: int | None = _key(None, "speed: fast only: rows per forward (default: the whole effective batch)")
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    cluster: str | None = _key(None, "cluster profile name (dcu, nvidia, local-test or your own)")
+    slurm: dict = _key({}, "overrides of the profile's keys (slurm.<key> below)")
+
+
+# (section, dataclass): section None holds top-level keys; "slurm" is the Profile itself.
+SCHEMA = [(None, ExperimentKeys), ("data", DataKeys), (None, PromptKeys), (None, ArgumentKeys),
+          ("sweep", SweepKeys), (None, SpeedKeys), (None, ClusterKeys), ("slurm", Profile)]
+TOP_KEYS = tuple([f.name for s, c in SCHEMA if s is None for f in fields(c)] + ["data", "sweep"])
+DATA_KEYS = tuple(f.name for f in fields(DataKeys))
+SWEEP_KEYS = tuple(f.name for f in fields(SweepKeys))
+
+
+def schema_rows() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every key a spec may hold, in schema order."""
+    rows = []
+    for section, cls in SCHEMA:
+        for f in fields(cls):
+            if "help" not in f.metadata:
+                continue
+            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+            rows.append((f"{section}.{f.name}" if section else f.name, json.dumps(default, ensure_ascii=False),
+                         f.metadata["help"]))
+    return rows
+
+
+def schema_markdown() -> str:
+    lines = ["| key | default | what it is |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {text} |" for key, default, text in schema_rows()]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -75,6 +168,8 @@ class Spec:
     speed: str = "as-written"
     micro_batch: int | None = None   # `speed: fast` only: rows per forward (default: the whole effective batch)
     datasets: dict = field(default_factory=dict)   # the dataset_info.json entries the spec names
+    profile: Profile | None = None                 # the cluster profile with slurm: applied, resolved once
+    notes: tuple[str, ...] = ()                    # things a user should know that are not errors
 
     def line(self, *path) -> int | None:
         while path and path not in self.lines:
@@ -267,14 +362,34 @@ def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
 def load(path: Path, overrides: list[str] | None = None) -> Spec:
     """Read and validate one experiment spec against the installed LLaMA-Factory."""
     path = Path(path)
-    raw, lines, blob = _load_yaml(path)
+    raw, lines, _blob = _load_yaml(path)
     if overrides:
         raw = apply_overrides(raw, overrides, path)
-        blob += ("\n# --set " + " ".join(overrides)).encode("utf-8")
     check = _Checker(path, lines)
     check.keys(raw, TOP_KEYS, ())
-    base = path.parent
+    values: dict = {}
+    for parse in (_parse_models, _parse_data, _parse_prompt, _parse_arguments, _parse_experiment,
+                  _parse_speed, _parse_cluster):
+        values.update(parse(raw, check, path.parent))
+    if values["sweep"] and values["train"] is None:
+        check.fail(("sweep",), "a sweep varies training arguments: add train:")
+    check.raise_if_any()
+    sets = [s for s in [values["train_set"], *values["predict_sets"]] if s]
+    values["datasets"] = _check_datasets(path, values["data_dir"], sets, lines)
+    spec = Spec(path=path.resolve(), sha256=_canonical_hash(raw, values), lines=lines, **values)
+    return _with_profile(spec)
 
+
+def _canonical_hash(raw: dict, values: dict) -> str:
+    """The hash of what the spec means, not of its bytes: comments, key order and how a path
+    was written (relative here, absolute on the command line) do not change it."""
+    meaning = {**{k: v for k, v in raw.items() if k not in ("model", "models", "data")},
+               "models": values["models"], "data": [str(values["data_dir"]), values["train_set"],
+                                                    values["predict_sets"]]}
+    return sha256_bytes(json.dumps(meaning, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8"))
+
+
+def _parse_models(raw: dict, check: _Checker, base: Path) -> dict:
     models_raw = raw.get("models") if raw.get("models") is not None else raw.get("model")
     if "model" in raw and "models" in raw:
         check.fail(("models",), "give either 'model' (one path) or 'models' (name -> path), not both")
@@ -285,23 +400,51 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
     else:
         check.fail(("model",), "expected a model path, or 'models:' mapping name -> path")
         models = {}
-    for name in models:
+    notes = []
+    for name, given in list(models.items()):
         if not NAME_RE.fullmatch(name) or ".." in name:
             check.fail(("models", name), "model names use letters, digits and _ . + - only")
-    models = {n: str((base / Path(p).expanduser()).resolve()) if not Path(p).is_absolute() else p
-              for n, p in models.items()}
+        key = ("model",) if "model" in raw else ("models", name)
+        models[name], note = _model_location(given, base, lambda message, key=key: check.fail(key, message))
+        notes += [note] if note else []
+    return {"models": models, "notes": tuple(notes)}
 
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
-        check.fail(("data",), "expected a mapping with dir, train, predict")
-        data = {}
-    check.keys(data, DATA_KEYS, ("data",))
-    data_dir = (base / str(data.get("dir", "data"))).resolve()
+
+def _model_location(given: str, base: Path, fail) -> tuple[str, str | None]:
+    """A local model directory must hold config.json now, not 6 s into a run; a hub id is kept as
+    written and resolved by LLaMA-Factory at run time."""
+    local = Path(given).expanduser()
+    local = local if local.is_absolute() else (base / local).resolve()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            fail(f"model directory {local} has no config.json (is it a Hugging Face model directory?)")
+        return str(local), None
+    if HUB_ID_RE.fullmatch(given) and not local.exists():
+        return given, f"model {given!r} is not a directory here: read as a hub id, resolved at run time"
+    fail(f"model directory {local} does not exist" + (" (it is a file)" if local.exists() else ""))
+    return str(local), None
+
+
+def _section(raw: dict, key: str, allowed, check: _Checker, expected: str) -> dict:
+    """A mapping section of the spec (data:, slurm:): its keys checked against the schema."""
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        check.fail((key,), f"expected {expected}")
+        return {}
+    check.keys(section, allowed, (key,))
+    return section
+
+
+def _parse_data(raw: dict, check: _Checker, base: Path) -> dict:
+    data = _section(raw, "data", DATA_KEYS, check, "a mapping with dir, train, predict")
     predict_sets = data.get("predict") or []
     if isinstance(predict_sets, str):
         predict_sets = [predict_sets]
-    train_set = data.get("train")
+    return {"data_dir": (base / str(data.get("dir", "data"))).resolve(), "train_set": data.get("train"),
+            "predict_sets": list(predict_sets)}
 
+
+def _parse_prompt(raw: dict, check: _Checker, _base: Path) -> dict:
     prompt = raw.get("prompt", "upstream")
     if prompt not in PROMPT_MODES:
         check.fail(("prompt",), f"expected one of {list(PROMPT_MODES)}, got {prompt!r}")
@@ -313,14 +456,14 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
                                   f"{sorted(BLOG_TEMPLATE_FOR)} templates, not {template!r}")
     elif template not in lfargs.template_names():
         check.fail(("template",), f"unknown template {template!r}{lfargs.suggest(template, lfargs.template_names())}")
-
-    seed = raw.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        check.fail(("seed",), f"expected an integer, got {seed!r}")
     decoding = raw.get("decoding", "greedy")
     if decoding not in DECODING:
         check.fail(("decoding",), f"expected 'greedy' (tlf default) or 'sampled' (LLaMA-Factory's "
                                   f"defaults, what the blog got), got {decoding!r}")
+    return {"prompt": prompt, "template": template, "decoding": decoding}
+
+
+def _parse_arguments(raw: dict, check: _Checker, _base: Path) -> dict:
     train = raw.get("train")
     predict = raw.get("predict") or {}
     check.lf_args(train, ("train",))
@@ -331,29 +474,31 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
     for section, args in (("train", train), ("predict", predict)):
         if isinstance(args, dict) and args.get("fp16") and args.get("bf16"):
             check.fail((section, "bf16"), "fp16 and bf16 are both true; choose one")
-    if train is not None and not train_set:
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    if train is not None and not data.get("train"):
         check.fail(("data", "train"), "a spec with train: arguments needs data.train (a dataset name)")
-    if not train_set and not predict_sets:
+    if not data.get("train") and not data.get("predict"):
         check.fail(("data",), "nothing to do: give data.train and/or data.predict")
+    return {"train": _normalise_targets(train or {}) if train is not None else None,
+            "predict": dict(predict) if isinstance(predict, dict) else {}}
+
+
+def _parse_experiment(raw: dict, check: _Checker, path_dir: Path) -> dict:
+    seed = raw.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        check.fail(("seed",), f"expected an integer, got {seed!r}")
     baseline = raw.get("baseline")
     if baseline not in (None, "upstream"):
         check.fail(("baseline",), f"expected 'upstream' (LLaMA-Factory's own defaults), got {baseline!r}")
-    if baseline and train is None:
+    if baseline and raw.get("train") is None:
         check.fail(("baseline",), "a baseline needs a training run to compare with")
-    sweep = _parse_sweep(raw.get("sweep"), check)
-    if sweep and train is None:
-        check.fail(("sweep",), "a sweep varies training arguments: add train:")
-    name = str(raw.get("name") or path.stem)
+    name = str(raw.get("name") or check.path.stem)
     if not NAME_RE.fullmatch(name) or ".." in name:
         check.fail(("name",), "experiment names use letters, digits and _ . + - only")
-    slurm = raw.get("slurm") or {}
-    if not isinstance(slurm, dict):
-        check.fail(("slurm",), "expected a mapping of Slurm overrides")
-        slurm = {}
-    cluster = raw.get("cluster")
-    if slurm and not cluster:
-        check.fail(("slurm",), "slurm: overrides keys of a cluster profile, and this spec names none; add "
-                               "cluster: (dcu, nvidia, local-test or your own profile)")
+    return {"name": name, "seed": seed, "baseline": baseline, "sweep": _parse_sweep(raw.get("sweep"), check)}
+
+
+def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
     speed = raw.get("speed", "as-written")
     if speed not in SPEEDS:
         check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
@@ -364,14 +509,30 @@ def load(path: Path, overrides: list[str] | None = None) -> Spec:
         elif speed != "fast":
             check.fail(("micro_batch",), "micro_batch sets the `speed: fast` profile's micro-batch; add speed: fast "
                                          "(as written, the micro-batch is train.per_device_train_batch_size)")
-    check.raise_if_any()
-    datasets = _check_datasets(path, data_dir, [s for s in [train_set, *predict_sets] if s], lines)
+    return {"speed": speed, "micro_batch": micro_batch}
 
-    return Spec(path=path.resolve(), sha256=sha256_bytes(blob), name=name, models=models, data_dir=data_dir,
-                train_set=train_set, predict_sets=list(predict_sets), prompt=prompt, template=template,
-                cluster=cluster, seed=seed, train=_normalise_targets(train or {}) if train is not None else None,
-                predict=dict(predict), decoding=decoding, sweep=sweep, baseline=baseline, slurm=dict(slurm),
-                lines=lines, speed=speed, micro_batch=micro_batch, datasets=datasets)
+
+def _parse_cluster(raw: dict, check: _Checker, _base: Path) -> dict:
+    slurm = _section(raw, "slurm", PROFILE_KEYS, check, "a mapping of Slurm overrides")
+    cluster = raw.get("cluster")
+    if slurm and not cluster:
+        check.fail(("slurm",), "slurm: overrides keys of a cluster profile, and this spec names none; add "
+                               "cluster: (dcu, nvidia, local-test or your own profile)")
+    return {"cluster": cluster, "slurm": dict(slurm)}
+
+
+def _with_profile(spec: Spec) -> Spec:
+    """The cluster profile, with the spec's slurm: on top, resolved once here. A bad value the spec
+    itself set is named by the spec's file:line:key, not by the profile's file."""
+    if not spec.cluster:
+        return spec
+    try:
+        profile = load_profile(spec.cluster, spec.path.parent, spec.slurm)
+    except BadProfileValue as error:
+        if error.key not in spec.slurm:
+            raise
+        raise TlfError(f"{spec.where('slurm', error.key)}: {error.detail}") from None
+    return replace(spec, profile=profile)
 
 
 def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> dict:

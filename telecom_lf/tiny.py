@@ -97,7 +97,9 @@ def build(out_dir: Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a tiny model + tokenizer to ``out_dir`` atomically; return ``out_dir``."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" would land in tlf's own output
     out_dir = Path(out_dir)
     tokenizer = _train_tokenizer(spec)
     torch.manual_seed(spec.seed)

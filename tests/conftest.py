@@ -79,3 +79,17 @@ def run_llamafactory(config: dict, workdir: Path, name: str = "cfg", timeout: in
 def exact_match(predictions: Path) -> float:
     rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line]
     return sum(r["predict"].strip() == r["label"].strip() for r in rows) / len(rows)
+
+
+def spec_file(path: Path, model: Path, data_dir: Path, extra: str = "", train: str = "",
+              sets=("telecom_test_100",)) -> Path:
+    """A small spec on the local-test cluster profile (train_100, 1 epoch of rank 4)."""
+    path.write_text(f"""name: {path.stem}
+model: {model}
+data: {{dir: {data_dir}, train: telecom_train_100, predict: [{", ".join(sets)}]}}
+template: default
+cluster: local-test
+train: {{lora_rank: 4, num_train_epochs: 1.0, cutoff_len: 128{train}}}
+predict: {{max_samples: 4, max_new_tokens: 8, per_device_eval_batch_size: 4}}
+{extra}""", encoding="utf-8")
+    return path

@@ -10,7 +10,7 @@ from conftest import tlf_bin
 from telecom_lf import __version__
 
 pytestmark = pytest.mark.unit
-COMMANDS = ["data", "demo", "diff", "model", "render", "report", "run", "score", "status", "step", "submit"]
+COMMANDS = ["data", "demo", "diff", "model", "render", "report", "run", "score", "spec", "status", "step", "submit"]
 
 
 def run(*args) -> subprocess.CompletedProcess:
@@ -22,6 +22,9 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
     assert listed == COMMANDS
+    # each command's whole first docstring line, on one line (click cut them at 45 characters)
+    assert "Render SPEC into LLaMA-Factory YAMLs, sbatch files and manifests, one directory per run." in result.stdout
+    assert "..." not in result.stdout.split("Commands:")[1]
     data = run("data", "--help").stdout
     assert all(c in data for c in ("synth", "import", "split", "check", "register"))
 
@@ -37,3 +40,25 @@ def test_version():
 def test_unknown_commands_and_options_exit_2(args, message):
     result = run(*args)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_tlf_lf_help_prints_usage():
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([str(Path(sys.executable).parent / "tlf-lf"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: tlf-lf COMMAND" in result.stdout and "tlf_blog_default" in result.stdout
+
+
+def test_spec_help_keys_lists_the_schema_and_the_readme_table_is_generated_from_it():
+    from conftest import REPO
+    from telecom_lf import spec
+
+    result = run("spec", "--help-keys")
+    assert result.returncode == 0
+    for key in ("data.predict", "sweep.vary", "micro_batch", "slurm.gpu_memory_gb", "decoding"):
+        assert any(line.split()[0] == key for line in result.stdout.splitlines()), key
+    markdown = run("spec", "--help-keys", "--markdown").stdout
+    assert markdown == spec.schema_markdown()
+    assert markdown in (REPO / "README.md").read_text(encoding="utf-8"), \
+        "README's key table differs from `tlf spec --help-keys --markdown`: paste the new one"

@@ -122,7 +122,11 @@ def test_split_is_balanced_nested_disjoint_and_deterministic(tmp_path):
     _split(tmp_path)
     assert {p.name: p.read_bytes() for p in out.glob("telecom_*.json")} == first
     report = tlf("data", "check", out)
-    assert "telecom_test_100" in report.stdout and "identical question+answer" not in report.stdout
+    assert "telecom_test_100" in report.stdout
+    # a hold-out split shares no row and no exact question with the test set (data check says
+    # "question+answer is in <test>: N; same question: M"; only normalised near-duplicates may remain)
+    leakage = [line for line in report.stdout.splitlines() if line.startswith("PROBLEM: leakage")]
+    assert all("question+answer is in telecom_test_100: 0; same question: 0;" in line for line in leakage), leakage
 
 
 def test_blog_mode_reproduces_the_overlap_and_check_reports_it(tmp_path):

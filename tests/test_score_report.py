@@ -151,7 +151,7 @@ predict: {{max_samples: 8, max_new_tokens: 12, per_device_eval_batch_size: 8}}
     assert "report:" in run.stdout
     report_dir = tmp_path / "runs" / "sweep3" / "report"
     table = (report_dir / "report.md").read_text(encoding="utf-8")
-    assert "| r2-a4 | done |" in table and "| r8-a16 | done |" in table and "| r4-a8 | not started |" in table
+    assert "| r2-a4 | done |" in table and "| r8-a16 | done |" in table and "| r4-a8 | rendered |" in table
     csv = (report_dir / "report.csv").read_text(encoding="utf-8").splitlines()
     assert len(csv) == 4 and csv[0].startswith("run,state,lora_rank,lora_alpha,trainable_params,adapter_mb")
     for png in ("loss.png", "metrics_vs_lora_rank.png", "metrics_vs_lora_alpha.png"):

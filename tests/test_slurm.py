@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tlf_bin
+from conftest import spec_file, tlf_bin
 
 pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -59,18 +59,6 @@ def wait_final(jobs: list[str], timeout: float = 600) -> dict[str, str]:
         if time.monotonic() > end:
             raise AssertionError(f"jobs not finished after {timeout} s: {states}")
         time.sleep(1)
-
-
-def spec_file(path: Path, model: Path, data_dir: Path, extra: str = "", train: str = "", sets=("telecom_test_100",)) -> Path:
-    path.write_text(f"""name: {path.stem}
-model: {model}
-data: {{dir: {data_dir}, train: telecom_train_100, predict: [{", ".join(sets)}]}}
-template: default
-cluster: local-test
-train: {{lora_rank: 4, num_train_epochs: 1.0, cutoff_len: 128{train}}}
-predict: {{max_samples: 4, max_new_tokens: 8, per_device_eval_batch_size: 4}}
-{extra}""", encoding="utf-8")
-    return path
 
 
 def last_submission(root: Path) -> dict:
@@ -176,25 +164,6 @@ def test_test_only_accepts_both_profiles_and_refuses_impossible_requests(tiny_ge
         assert result.returncode == 1 and "FAIL" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("extra,message", [
-    ("cluster: nosuchprofile\n", "unknown cluster profile 'nosuchprofile'; known: dcu, local-test, nvidia"),
-    ("slurm: {partition: 'debug; rm -rf /'}\n", "partition: 'debug; rm -rf /' has characters"),
-    ("slurm: {qos: \"$(touch /tmp/pwned)\"}\n", "qos: '$(touch /tmp/pwned)' has characters"),
-    ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
-    ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "one '--option[=value]' per entry"),
-    # a spec's own bad value is named by the spec's file, line and key, not by the profile's file
-    ("slurm:\n  gpu_memory_gb: lots\n", "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a positive number of GB"),
-])
-def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, tmp_path, extra, message):
-    spec = spec_file(tmp_path / "hostile.yaml", tiny_gemma, telecom_dir, extra=extra)
-    if extra.startswith("cluster:"):
-        spec.write_text(spec.read_text().replace("cluster: local-test\n", ""))
-    result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
-    line = spec.read_text().splitlines().index("  gpu_memory_gb: lots") + 1 if "{line}" in message else None
-    assert result.returncode == 2 and message.format(line=line) in result.stderr, result.stderr
-    assert not (tmp_path / "runs").exists()
-
-
 def test_shell_values_are_quoted_never_run(tiny_gemma, telecom_dir, tmp_path):
     marker = tmp_path / "pwned"
     profiles = tmp_path / "slurm" / "profiles"
@@ -225,7 +194,51 @@ def test_two_node_job_trains_one_model_across_both_nodes(tiny_gemma, telecom_dir
     job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch"), "train"], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert wait_final([job], timeout=300)[job] == "COMPLETED", reason(job)
-    log = (run_dir / "logs" / f"tlf-twonode-twonode-{job}.err").read_text(errors="replace")
+    log = (run_dir / "logs" / f"twonode-twonode-{job}.err").read_text(errors="replace")
     # 100 rows, 4 per device on 2 processes: a global batch of 8 and ceil(100 / 8) = 13 steps.
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in log
     assert json.loads((run_dir / "train" / "trainer_state.json").read_text())["global_step"] == 13
+
+
+def test_status_shows_jobs_of_plain_sbatch_and_a_vanished_model_as_the_cause(tiny_gemma, telecom_dir, tmp_path):
+    """The user's own workflow: tlf render, then sbatch by hand; status reads the run itself."""
+    model = tmp_path / "model-copy"
+    shutil.copytree(tiny_gemma, model)
+    spec = spec_file(tmp_path / "byhand.yaml", model, telecom_dir)
+    out = tmp_path / "runs"
+    rendered = tlf("render", spec, "--out", out).stdout
+    run_dir = out / "byhand" / "byhand"
+    assert f"sbatch {run_dir / 'job.sbatch'}" in rendered and "tlf submit" in rendered
+    shutil.rmtree(model)  # vanished between rendering and the job's start
+    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    queued = tlf("status", spec, "--out", out).stdout
+    assert job in queued, queued   # known by its job name before it ever ran
+    assert wait_final([job], timeout=300)[job] == "FAILED"
+    shown = tlf("status", spec, "--out", out, check=False).stdout
+    assert f"train={job}:FAILED" in shown, shown
+    assert "byhand" in shown and " failed " in shown
+    assert f"train failed: model directory {model} does not exist (it was there when the run was rendered)" in shown
+    assert f"log: {run_dir / 'logs' / 'train.log'}" in shown
+
+
+def test_submit_sh_chain_cancels_on_failure_and_resubmitting_done_work_queues_nothing(tiny_gemma, telecom_dir,
+                                                                                       tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    spec = spec_file(tmp_path / "plain.yaml", broken, telecom_dir)
+    tlf("render", spec, "--out", tmp_path / "runs")
+    done = subprocess.run(["bash", str(tmp_path / "runs" / "plain" / "submit.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    words = done.stdout.split()
+    ids = dict(zip(words[1::2], words[2::2]))  # "plain: train ID predict-... ID score ID"
+    states = wait_final([ids["train"], ids["predict-telecom_test_100"], ids["score"]], timeout=300)
+    assert states[ids["train"]] == "FAILED"
+    assert states[ids["predict-telecom_test_100"]] == states[ids["score"]] == "CANCELLED", states
+
+    good = spec_file(tmp_path / "good.yaml", tiny_gemma, telecom_dir)
+    tlf("run", good, "--out", tmp_path / "runs")
+    again = tlf("submit", good, "--out", tmp_path / "runs")
+    assert "nothing to do" in again.stdout
+    assert not (tmp_path / "runs" / "good" / "jobs.json").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -258,6 +259,91 @@ def test_finished_run_is_not_overwritten_without_force(blog_data, tiny_gemma, tm
     assert load_yaml(run_dir / "train.yaml")["learning_rate"] == 1.0e-4
 
 
+# ---------------------------------------------------------------- issue 13's observed bugs
+
+
+def test_dry_run_over_a_finished_run_refuses_as_the_real_render_does(blog_data, tiny_gemma, tmp_path):
+    args = (f"model={tiny_gemma}", f"data.dir={blog_data}")
+    render(BLOG / "best.yaml", tmp_path, *args)
+    run_dir = tmp_path / "blog-best" / "blog-best"
+    (run_dir / "train").mkdir()
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    real = render(BLOG / "best.yaml", tmp_path, *args, "train.learning_rate=1.0e-4", check=False)
+    dry = tlf("render", BLOG / "best.yaml", "--out", tmp_path, "--dry-run", *[f"--set={a}" for a in args],
+              "--set=train.learning_rate=1.0e-4", check=False)
+    assert real.returncode == dry.returncode == 2, dry.stdout
+    assert dry.stderr == real.stderr and "pass --force" in dry.stderr
+    assert "write" not in dry.stdout
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_diff_shows_the_output_dir_render_writes(blog_data, tiny_gemma, tmp_path):
+    """Both take --out (default ./runs, relative to where they run); diff used the spec's folder."""
+    args = [f"--set=model={tiny_gemma}", f"--set=data.dir={blog_data}"]
+    tlf("render", BLOG / "climb-400.yaml", *args, cwd=tmp_path)
+    rendered = load_yaml(tmp_path / "runs" / "blog-climb-400" / "blog-climb-400" / "train.yaml")["output_dir"]
+    shown = tlf("diff", BLOG / "climb-400.yaml", "--all", *args, cwd=tmp_path).stdout
+    row = next(line for line in shown.splitlines() if " output_dir " in line)
+    assert rendered in row.split() and str(tmp_path / "runs") in rendered
+
+
+def test_rerun_by_hand_after_the_demo_is_not_refused(tmp_path, tiny_gemma, telecom_dir):
+    """experiments/demo.yaml's "rerun by hand" line after `tlf demo`: the demo passed absolute
+    --set paths, the user relative ones; the same spec must give the same manifest."""
+    demo = REPO / "experiments" / "demo.yaml"
+    out = tmp_path / "demo-out"
+    shutil.copytree(tiny_gemma, out / "models" / "base")
+    shutil.copytree(telecom_dir, out / "data")
+    tlf("render", demo, "--out", out / "runs", f"--set=model={out / 'models' / 'base'}", f"--set=data.dir={out / 'data'}")
+    run_dir = out / "runs" / "demo" / "upstream-defaults"
+    (run_dir / "train").mkdir()  # the demo ran it
+    by_hand = tlf("render", demo, "--set", "model=demo-out/models/base", "--set", "data.dir=demo-out/data",
+                  "--out", "demo-out/runs", cwd=tmp_path)
+    assert "0 file(s) written" in by_hand.stdout
+
+
+def test_rendered_yaml_says_where_each_value_came_from(blog_data, tiny_gemma, tmp_path):
+    render(BLOG / "climb-400.yaml", tmp_path, f"model={tiny_gemma}", f"data.dir={blog_data}", "speed=fast")
+    text = (tmp_path / "blog-climb-400" / "blog-climb-400" / "train.yaml").read_text(encoding="utf-8")
+    spec_lines = (BLOG / "climb-400.yaml").read_text(encoding="utf-8").splitlines()
+    rank_line = next(i + 1 for i, line in enumerate(spec_lines) if line.strip().startswith("lora_rank:"))
+    assert f"lora_rank: 128  # spec climb-400.yaml:{rank_line}\n" in text
+    assert "fp16: true  # profile dcu\n" in text
+    assert re.search(r"^save_steps: \d+  # tlf default: about ten checkpoints per run$", text, re.M)
+    assert "template: tlf_blog_default  # spec climb-400.yaml:" in text
+    assert re.search(r"^per_device_train_batch_size: \d+  # speed: fast \(was 8: spec climb-400.yaml:\d+\)$", text, re.M)
+    assert "cutoff_len: 1024  # tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)" in text
+    groups = [line for line in text.splitlines() if line.startswith("# --- ")]
+    assert groups[0] == "# --- ModelArguments ---" and len(groups) == len(set(groups)) >= 4
+    body = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all("  # " in line for line in body), [line for line in body if "  # " not in line]
+    predict = (tmp_path / "blog-climb-400" / "blog-climb-400" / "predict-telecom_test_100.yaml").read_text()
+    assert "do_sample: true" not in predict and "adapter_name_or_path:" in predict
+
+
+@pytest.mark.parametrize("model,message", [
+    ("empty-dir", "model directory {path} has no config.json"),
+    ("no/such/dir/here", "model directory {path} does not exist"),
+])
+def test_a_missing_local_model_is_refused_at_load_with_its_line(blog_data, tmp_path, model, message):
+    (tmp_path / "empty-dir").mkdir()
+    spec = write_spec(tmp_path / "m.yaml", f"name: m\ntemplate: default\nmodel: {model}\n"
+                                           f"data: {{dir: {blog_data}, predict: [telecom_test_100]}}\n")
+    result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
+    assert result.returncode == 2
+    assert "m.yaml:3: model: " + message.format(path=tmp_path / model) in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_hub_id_is_accepted_with_a_note(blog_data, tmp_path):
+    spec = write_spec(tmp_path / "hub.yaml", "name: hub\ntemplate: default\nmodel: google/gemma-2b\n"
+                                             f"data: {{dir: {blog_data}, predict: [telecom_test_100]}}\n")
+    result = tlf("render", spec, "--out", tmp_path / "runs")
+    assert "note: model 'google/gemma-2b' is not a directory here: read as a hub id" in result.stderr
+    predict = load_yaml(tmp_path / "runs" / "hub" / "gemma-2b-probe" / "predict-telecom_test_100.yaml")
+    assert predict["model_name_or_path"] == "google/gemma-2b"
+
+
 def test_diff_against_upstream_defaults(blog_data, tiny_gemma):
     result = tlf("diff", BLOG / "climb-400.yaml", f"--set=model={tiny_gemma}", f"--set=data.dir={blog_data}")
     rows = {line.split()[1]: line for line in result.stdout.splitlines()[2:] if len(line.split()) > 2}
@@ -407,6 +493,6 @@ def test_fast_profile_sizes_liger_and_micro_batch_by_the_cards_memory(card_gb, l
             f"slurm.gpu_memory_gb={'null' if card_gb is None else card_gb}",
             *(f"{'' if key == 'micro_batch' else 'train.'}{key}={str(value).lower()}" for key, value in user.items())]
     spec = spec_mod.load(BLOG / "climb-400.yaml", sets)
-    config = render_mod.train_config(spec, plan_mod.expand(spec)[0], tmp_path)
+    config = render_mod.train_config(spec, plan_mod.expand(spec)[0], tmp_path).values()
     assert (config["per_device_train_batch_size"], config.get("enable_liger_kernel")) == expected
     assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == 64

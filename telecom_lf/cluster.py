@@ -1,0 +1,136 @@
+"""Cluster profiles: flat YAML files (``slurm/profiles/*.yaml``) -> a validated ``Profile``.
+
+tlf looks in ``<spec dir>/slurm/profiles``, then each directory of ``$TLF_PROFILES``, then its
+own. A spec's ``slurm:`` section overrides a profile's keys; the spec resolves its profile once,
+when it is loaded, so a bad profile is reported there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import TlfError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A #SBATCH value is parsed by Slurm, not the shell: keep it to characters that need no quoting.
+SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:/@%=+\-\[\]]+$")
+
+
+def resource_dir(name: str) -> Path:
+    """templates/, slurm/profiles/ and experiments/ live at the repository root; wheels carry copies."""
+    source = {"templates": "templates", "profiles": "slurm/profiles", "experiments": "experiments"}[name]
+    checkout = PACKAGE_DIR.parent / source
+    return checkout if checkout.is_dir() else PACKAGE_DIR / f"_{name}"
+
+
+def _key(default, help_text: str, **kwargs):
+    return field(default=default, metadata={"help": help_text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    partition: str | None = _key(None, "Slurm partition (the site's `whichpartition`); null: the default")
+    gres: str | None = _key("gpu", "the site's GRES name for its cards (dcu on Hygon, gpu on NVIDIA)")
+    gpus_per_node: int = _key(1, "cards per node (--gres=<gres>:N); 0 for a CPU partition")
+    cpus_per_gpu: int = _key(8, "CPU cores per card (the blog: 8)")
+    nodes: int = _key(1, "nodes per training job (>1: torchrun on each, one srun task per node)")
+    time: str = _key("04:00:00", "wall-clock limit per job")
+    mem: str | None = _key(None, "memory per node; null: the partition's default")
+    account: str | None = _key(None, "--account")
+    qos: str | None = _key(None, "--qos")
+    constraint: str | None = _key(None, "--constraint")
+    extra_sbatch: list = field(default_factory=list, metadata={
+        "help": "verbatim extra #SBATCH options, one '--option[=value]' each"})
+    setup: list = field(default_factory=list, metadata={
+        "help": "shell lines run first on the compute node (e.g. source load_torch2.1_py3.sh)"})
+    env: dict = field(default_factory=dict, metadata={"help": "environment variables exported for every step"})
+    visible_devices_var: str = _key("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES on DCU/ROCm")
+    precision: str | None = _key(None, "fp16 or bf16 added to training unless train: sets one; null: neither")
+    gpu_memory_gb: float | None = _key(None, "one card's memory; `speed: fast` sizes Liger and the micro-batch by it")
+    requeue: bool = _key(True, "requeue on preemption or near the time limit, then resume from the last checkpoint")
+    signal_seconds: int = _key(300, "USR1 this long before the time limit -> scontrol requeue")
+    python: str | None = _key(None, "interpreter on the compute nodes; null: the one rendering")
+    array_parallel: int = _key(2, "the %K of --array=0-N%K for sweeps")
+    emulate_devices: bool = _key(True, "set *_VISIBLE_DEVICES when Slurm's GRES does not")
+
+
+PROFILE_KEYS = [f.name for f in fields(Profile) if f.name != "name"]
+
+
+def profile_dirs(spec_dir: Path | None) -> list[Path]:
+    dirs = [spec_dir / "slurm" / "profiles"] if spec_dir else []
+    dirs += [Path(p) for p in os.environ.get("TLF_PROFILES", "").split(os.pathsep) if p]
+    return dirs + [resource_dir("profiles")]
+
+
+class BadProfileValue(TlfError):
+    """A profile value that cannot be used; `key` says which, so a spec's override can be named."""
+
+    def __init__(self, path: Path, key: str, detail: str) -> None:
+        super().__init__(f"{path}: {key}: {detail}")
+        self.key, self.detail = key, detail
+
+
+def _find(name: str, spec_dir: Path | None) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise TlfError(f"cluster profile name {name!r}: letters, digits, '_', '-' and '.' only")
+    for directory in profile_dirs(spec_dir):
+        if (directory / f"{name}.yaml").exists():
+            return directory / f"{name}.yaml"
+    known = sorted({p.stem for d in profile_dirs(spec_dir) if d.is_dir() for p in d.glob("*.yaml")})
+    raise TlfError(f"unknown cluster profile {name!r}; known: {', '.join(known)}")
+
+
+def load_profile(name: str, spec_dir: Path | None = None, overrides: dict | None = None) -> Profile:
+    path = _find(name, spec_dir)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise TlfError(f"{path}: cannot read the cluster profile ({error})") from error
+    if not isinstance(raw, dict):
+        raise TlfError(f"{path}: a cluster profile is a YAML mapping of keys")
+    unknown = [k for k in raw if k not in PROFILE_KEYS]
+    if unknown:
+        from .lfargs import suggest
+
+        raise TlfError(f"{path}: unknown profile key(s) {unknown}{suggest(str(unknown[0]), PROFILE_KEYS)}; "
+                       f"allowed: {', '.join(PROFILE_KEYS)}")
+    profile = Profile(name=name, **{**raw, **(overrides or {})})
+    _check_profile(profile, path)
+    return profile
+
+
+def _check_profile(profile: Profile, path: Path) -> None:
+    for key in ("partition", "gres", "time", "mem", "account", "qos", "constraint"):
+        value = getattr(profile, key)
+        if value is not None and not SBATCH_VALUE.match(str(value)):
+            raise BadProfileValue(path, key, f"{value!r} has characters an #SBATCH line cannot carry "
+                                             "(spaces, quotes, $, `, newlines)")
+    for key in ("gpus_per_node", "cpus_per_gpu", "nodes", "signal_seconds", "array_parallel"):
+        value = getattr(profile, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus_per_node" else 1):
+            raise BadProfileValue(path, key, f"expected a positive integer, got {value!r}")
+    for key in ("extra_sbatch", "setup"):
+        if not isinstance(getattr(profile, key), list):
+            raise BadProfileValue(path, key, f"expected a list, got {type(getattr(profile, key)).__name__}")
+    for line in profile.extra_sbatch:
+        if "\n" in str(line) or not str(line).startswith("--"):
+            raise BadProfileValue(path, "extra_sbatch", f"{line!r} must be one '--option[=value]' per entry")
+    memory = profile.gpu_memory_gb
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
+        raise BadProfileValue(path, "gpu_memory_gb", f"expected a positive number of GB or null, got {memory!r}")
+    if profile.precision not in (None, "fp16", "bf16"):
+        raise BadProfileValue(path, "precision", f"expected fp16, bf16 or null, got {profile.precision!r}")
+    if not isinstance(profile.env, dict):
+        raise BadProfileValue(path, "env", "expected a mapping of variable -> value")
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(profile.visible_devices_var)):
+        raise BadProfileValue(path, "visible_devices_var", "not an environment variable name")
+    for key in profile.env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+            raise BadProfileValue(path, "env", f"{key!r} is not an environment variable name")

@@ -1,0 +1,311 @@
+"""The compute-node side: the steps of one run (``tlf step``), and nothing else.
+
+``job.sbatch`` and ``array.sbatch`` call ``python -m telecom_lf.cli step RUN_DIR [options] STEP``
+and ``tlf run`` calls the same functions, so blog-era templates, environment records, step
+records and skip-if-done behave the same everywhere. Each step records its state (with its
+Slurm job id, host and pid) in the run directory, and a failed step its cause and log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import lfargs, rundir, score
+from .errors import Failed, TlfError
+from .fsutil import atomic_write
+from .rundir import Run
+
+SMI_TOOLS = ("nvidia-smi", "rocm-smi", "hy-smi")
+# The line of a LLaMA-Factory log that says why it stopped: an exception's own line.
+WRAPPER_ERRORS = ("CalledProcessError", "ChildFailedError")
+ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)\b.*")
+
+
+class StepFailed(Failed):
+    pass
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a step starts LLaMA-Factory: here, or one srun task per node (multi-card Slurm jobs)."""
+    srun_nodes: int | None = None
+    nproc_per_node: int = 1
+    quiet: bool = False          # tlf run: progress lines only; the log goes to logs/<step>.log
+
+
+# ---------------------------------------------------------------- environment record
+
+
+def record_environment(run: Run, step: str) -> Path:
+    """SLURM_* variables, visible devices, *-smi output and package versions, at step start."""
+    env = os.environ
+    record = {
+        "step": step,
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "versions": lfargs.installed_versions(),
+        "slurm": {k: v for k, v in sorted(env.items()) if k.startswith("SLURM_")},
+        "visible_devices": {k: env.get(k) for k in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                                                    "ROCR_VISIBLE_DEVICES") if k in env},
+        "smi": {tool: _smi(tool) for tool in SMI_TOOLS if shutil.which(tool)},
+    }
+    job = env.get("SLURM_JOB_ID", "local")
+    attempt = env.get("SLURM_RESTART_COUNT", "0")
+    path = run.path / rundir.ENVIRONMENT / f"{step}-{job}-{attempt}-{os.getpid()}.json"
+    atomic_write(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+    return path
+
+
+def _smi(tool: str) -> str:
+    try:
+        done = subprocess.run([tool], capture_output=True, text=True, timeout=30)
+        return (done.stdout + done.stderr)[-8000:]
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"failed: {error}"
+
+
+# ---------------------------------------------------------------- child processes
+
+
+def _progress_line(log: Path, label: str) -> str | None:
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "percentage" in entry:
+            loss = f" loss {entry['loss']:.4f}" if isinstance(entry.get("loss"), (int, float)) else ""
+            return (f"  {label}: {entry['percentage']:5.1f}% ({entry['current_steps']}/{entry['total_steps']} steps)"
+                    f"{loss}, elapsed {entry.get('elapsed_time', '?')}, ETA {entry.get('remaining_time', '?')}")
+    return None
+
+
+def _default_stop_signals() -> None:
+    """In the child, before exec. A background job of a non-interactive shell (`tlf run ... &`
+    in a script, some CI runners) starts with SIGINT ignored; inherited, that would make
+    LLaMA-Factory train on through the Ctrl-C tlf forwards to it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _copy_output(source, log, echo: bool) -> None:
+    """The child's output into its log, and also to tlf's stderr unless quiet (Slurm's .err file)."""
+    for chunk in iter(lambda: source.read1(1 << 16), b""):
+        log.write(chunk)
+        log.flush()
+        if echo:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+
+
+def run_child(command: list[str], log_file: Path, progress: tuple[Path, str] | None = None,
+              echo: bool = False) -> int:
+    """Run one LLaMA-Factory process; Ctrl-C or SIGTERM stops it cleanly and is re-raised."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # RECORD_VRAM: LLaMA-Factory logs peak memory into trainer_log.jsonl only when asked.
+    env = {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1")}
+    with open(log_file, "ab") as log:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_default_stop_signals)
+        copier = threading.Thread(target=_copy_output, args=(child.stdout, log, echo), daemon=True)
+        copier.start()
+        received = _wait_forwarding_signals(child, progress)
+        copier.join(timeout=10)
+    if received:
+        raise KeyboardInterrupt(f"stopped by signal {received[0]}; the run resumes where it was")
+    return child.returncode
+
+
+def _wait_forwarding_signals(child: subprocess.Popen, progress: tuple[Path, str] | None) -> list[int]:
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        try:
+            os.killpg(child.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    last = None
+    try:
+        while True:
+            try:
+                child.wait(timeout=2)
+                return received
+            except subprocess.TimeoutExpired:
+                if len(received) > 1:
+                    os.killpg(child.pid, signal.SIGKILL)
+                line = _progress_line(*progress) if progress else None
+                if line and line != last:
+                    print(line, file=sys.stderr, flush=True)
+                    last = line
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def lf_command(config: Path, launch: Launch = Launch()) -> list[str]:
+    """``tlf-lf train CONFIG`` with this interpreter; under srun, one task per node."""
+    if not launch.srun_nodes:
+        return [sys.executable, "-m", "telecom_lf.lf_entry", "train", str(config)]
+    return ["srun", f"--nodes={launch.srun_nodes}", "--ntasks-per-node=1", "--export=ALL",
+            sys.executable, "-m", "telecom_lf.lf_entry", "slurm-node", "--nproc-per-node",
+            str(launch.nproc_per_node), "train", str(config)]
+
+
+def failure_cause(log: Path) -> str | None:
+    """The line of a log that says why the process stopped (the last exception line)."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-400:]
+    except OSError:
+        return None
+    errors = [line.strip() for line in lines if ERROR_LINE.match(line.strip())]
+    # torchrun and LLaMA-Factory's launcher re-raise a worker's failure as their own: the
+    # worker's exception is the one that says why.
+    causes = [e for e in errors if not e.split(":", 1)[0].endswith(WRAPPER_ERRORS)] or errors
+    return causes[-1][:500] if causes else None
+
+
+# ---------------------------------------------------------------- steps
+
+
+def set_aside_incomplete_checkpoints(train_dir: Path) -> list[Path]:
+    """A job killed while saving leaves a checkpoint-N without its trainer_state.json (written
+    last) or weights; LLaMA-Factory would resume from it and fail. Rename such directories so
+    the resume picks the last complete one; nothing is deleted."""
+    moved = []
+    for checkpoint in sorted(train_dir.glob("checkpoint-*")):
+        if not checkpoint.is_dir() or not checkpoint.name.split("-", 1)[1].isdigit():
+            continue
+        complete = (checkpoint / "trainer_state.json").exists() and any(
+            (checkpoint / name).exists() for name in rundir.WEIGHT_FILES)
+        if not complete:
+            target = checkpoint.with_name(f"{checkpoint.name}.incomplete")
+            suffix = 1
+            while target.exists():
+                target = checkpoint.with_name(f"{checkpoint.name}.incomplete{suffix}")
+                suffix += 1
+            checkpoint.rename(target)
+            moved.append(target)
+    return moved
+
+
+def _model_problem(run: Run) -> str | None:
+    """A local model directory that vanished after rendering, named as such before LLaMA-Factory
+    buries it under a tokenizer traceback."""
+    model = Path(run.model_path)
+    if model.is_absolute() and not (model / "config.json").is_file():
+        missing = "does not exist" if not model.exists() else "has no config.json"
+        return f"model directory {model} {missing} (it was there when the run was rendered)"
+    return None
+
+
+def _run_lf(run: Run, link: str, launch: Launch, progress: tuple[Path, str] | None = None) -> None:
+    """One LLaMA-Factory process for a link; records running -> done, failed (with its cause) or
+    interrupted."""
+    log = run.step_log(link)
+    rundir.record_step(run, link, "running", log)
+    cause = _model_problem(run)
+    if cause is None:
+        record_environment(run, link)
+        try:
+            rc = run_child(lf_command(run.config(link), launch), log, progress if launch.quiet else None,
+                           echo=not launch.quiet)
+        except KeyboardInterrupt:
+            rundir.record_step(run, link, "interrupted", log)
+            raise
+        if rc != 0 or not rundir.link_done(run, link):
+            cause = failure_cause(log) or f"exit code {rc}, and no error line in the log"
+    if cause:
+        rundir.record_step(run, link, "failed", log, cause)
+        raise StepFailed(f"{run.name}: {link} failed: {cause}; log: {log}")
+    rundir.record_step(run, link, "done", log)
+
+
+def step_train(run: Run, launch: Launch = Launch()) -> str:
+    if not run.trains:
+        return "no training (probe run)"
+    if rundir.train_done(run):
+        return "done already, skipped"
+    for moved in set_aside_incomplete_checkpoints(run.train_dir):
+        print(f"tlf: {moved.name}: set aside an incomplete checkpoint (the job was stopped while saving)",
+              file=sys.stderr)
+    _run_lf(run, "train", launch, (run.train_dir / "trainer_log.jsonl", "train"))
+    return "trained"
+
+
+def step_predict(run: Run, dataset: str, launch: Launch = Launch()) -> str:
+    if dataset not in run.predict_sets:
+        raise TlfError(f"{run.name}: no predict set {dataset!r}; has {run.predict_sets}")
+    if rundir.predict_done(run, dataset):
+        return "done already, skipped"
+    if run.trains and not rundir.train_done(run):
+        raise StepFailed(f"{run.name}: cannot predict {dataset}: training has not finished")
+    _run_lf(run, f"predict-{dataset}", Launch(quiet=launch.quiet))
+    return "predicted"
+
+
+def step_score(run: Run) -> str:
+    """Score every predict set into ``scores.json`` (written whole, atomically)."""
+    if rundir.score_done(run):
+        return "done already, skipped"
+    sets = {}
+    similarity = score.Similarity()
+    for dataset in run.predict_sets:
+        if not rundir.predict_done(run, dataset):
+            raise StepFailed(f"{run.name}: cannot score {dataset}: no predictions yet")
+        rows = score.read_predictions(run.predictions(dataset)).rows
+        sets[dataset] = score.score_rows(rows, categories=_categories(run, dataset), similarity=similarity)
+    atomic_write(run.path / rundir.SCORES, json.dumps({"run": run.name, "sets": sets}, ensure_ascii=False,
+                                                      indent=2) + "\n")
+    rundir.record_step(run, "score", "done")
+    return f"scored {len(sets)} set(s)"
+
+
+def _categories(run: Run, dataset: str) -> list[str] | None:
+    if run.split_manifest is None or not run.split_manifest.exists():
+        return None
+    try:
+        return score.categories_for(run.split_manifest, dataset)
+    except TlfError:
+        return None
+
+
+def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print) -> None:
+    """``all`` or one link of the run's chain: ``train`` | ``predict SET`` | ``score``."""
+    run = rundir.open_run(run_dir)
+    if not what or what == ["all"]:
+        links = run.chain()
+    else:
+        links = [link for link in run.chain() if list(link.args) == what]
+        if not links:
+            raise TlfError(f"unknown step {' '.join(what)!r} for run {run.name}; expected: all | "
+                           + " | ".join(" ".join(link.args) for link in run.chain()))
+    for link in links:
+        echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch)}")
+
+
+def run_link(run: Run, args: tuple[str, ...], launch: Launch) -> str:
+    if args[0] == "train":
+        return step_train(run, launch)
+    if args[0] == "predict":
+        return step_predict(run, args[1], launch)
+    return step_score(run)

@@ -1,0 +1,270 @@
+"""The run-directory contract: every name, every state and the manifest of a run and an experiment.
+
+Every other module asks this one where a run's files are and whether a step is done, so
+"done" has one definition. Layout::
+
+    <out>/<experiment>/                 experiment.json, jobs.json, array.sbatch, report.sbatch,
+                                        submit.sh, logs/, report/
+    <out>/<experiment>/<run>/           manifest.json, train.yaml, predict-<SET>.yaml, datasets.json,
+                                        job.sbatch, logs/, environment/, steps/, scores.json
+    <out>/<experiment>/<run>/train/     LLaMA-Factory's output_dir (adapter, checkpoints, logs)
+    <out>/<experiment>/<run>/predict-<SET>/   generated_predictions.jsonl, predict_results.json
+
+A run's states, in order: rendered -> training -> trained -> predicted -> done (every predict
+set scored); or failed, with the cause a step recorded in ``steps/<step>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TlfError
+from .fsutil import atomic_write
+
+TRAIN_FILE = "train.yaml"
+TRAIN_DIR = "train"
+MANIFEST = "manifest.json"
+EXPERIMENT = "experiment.json"
+SCORES = "scores.json"
+JOBS = "jobs.json"
+LOGS = "logs"
+STEPS = "steps"
+ENVIRONMENT = "environment"
+REPORT_DIR = "report"
+JOB_SCRIPT = "job.sbatch"
+ARRAY_SCRIPT = "array.sbatch"
+REPORT_SCRIPT = "report.sbatch"
+SUBMIT_SCRIPT = "submit.sh"
+DATASETS_FILE = "datasets.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+                "adapter_model.bin", "pytorch_model.bin")
+STATES = ("rendered", "training", "trained", "predicted", "done", "failed")
+
+
+def predict_file(dataset: str) -> str:
+    return f"predict-{dataset}.yaml"
+
+
+def predict_dir(dataset: str) -> str:
+    return f"predict-{dataset}"
+
+
+# ---------------------------------------------------------------- the chain of steps
+
+
+@dataclass(frozen=True)
+class Link:
+    """One step of a run's chain: ``tlf step RUN_DIR *args``, after the links named in ``after``."""
+    name: str
+    args: tuple[str, ...]
+    after: tuple[str, ...] = ()
+
+
+def chain(trains: bool, predict_sets: list[str]) -> list[Link]:
+    """train -> predict(s) -> score: the one description both launchers (and submit.sh) walk."""
+    links = [Link("train", ("train",))] if trains else []
+    first = ("train",) if trains else ()
+    links += [Link(f"predict-{s}", ("predict", s), first) for s in predict_sets]
+    links.append(Link("score", ("score",), tuple(f"predict-{s}" for s in predict_sets) or first))
+    return links
+
+
+# ---------------------------------------------------------------- experiments and runs
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """``<out>/<experiment>/``: the runs of one spec."""
+    root: Path
+
+    @classmethod
+    def at(cls, out: Path, name: str) -> "Experiment":
+        return cls(Path(out).resolve() / name)
+
+    def run_dir(self, run_name: str) -> Path:
+        return self.root / run_name
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    def read(self) -> dict:
+        """experiment.json: the spec, the predict sets and every run rendered."""
+        record = _read_json(self.root / EXPERIMENT)
+        if not isinstance(record, dict):
+            raise TlfError(f"{self.root}: no readable {EXPERIMENT}; render the experiment first")
+        return record
+
+    def jobs(self) -> list[dict]:
+        history = _read_json(self.root / JOBS)
+        return history if isinstance(history, list) else []
+
+    def add_jobs(self, record: dict) -> None:
+        atomic_write(self.root / JOBS, json.dumps([*self.jobs(), record], indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Run:
+    """A rendered run, read from its manifest: nothing is re-parsed from the rendered YAMLs."""
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.manifest.get("trains"))
+
+    @property
+    def predict_sets(self) -> list[str]:
+        return list(self.manifest.get("predict_sets", []))
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.manifest["dataset_dir"])
+
+    @property
+    def split_manifest(self) -> Path | None:
+        path = self.manifest.get("split_manifest")
+        return Path(path) if path else None
+
+    @property
+    def model_path(self) -> str:
+        return self.manifest["model"]["path"]
+
+    @property
+    def train_dir(self) -> Path:
+        return self.path / TRAIN_DIR
+
+    def predictions(self, dataset: str) -> Path:
+        return self.path / predict_dir(dataset) / "generated_predictions.jsonl"
+
+    def config(self, link: str) -> Path:
+        return self.path / (TRAIN_FILE if link == "train" else predict_file(link.removeprefix("predict-")))
+
+    def step_log(self, link: str) -> Path:
+        return self.path / LOGS / f"{link}.log"
+
+    def chain(self) -> list[Link]:
+        return chain(self.trains, self.predict_sets)
+
+
+def open_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir).resolve()
+    manifest = _read_json(run_dir / MANIFEST)
+    if not isinstance(manifest, dict) or "predict_sets" not in manifest:
+        raise TlfError(f"{run_dir}: not a rendered run (no readable {MANIFEST}); run `tlf render` first")
+    return Run(run_dir, manifest)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- what is done
+
+
+def train_done(run: Run) -> bool:
+    out = run.train_dir
+    return (out / "train_results.json").exists() and any((out / name).exists() for name in WEIGHT_FILES)
+
+
+def predict_done(run: Run, dataset: str) -> bool:
+    out = run.path / predict_dir(dataset)
+    return (out / "generated_predictions.jsonl").exists() and (out / "predict_results.json").exists()
+
+
+def score_done(run: Run) -> bool:
+    """Scores exist for every predict set and are newer than every prediction file."""
+    path = run.path / SCORES
+    scored = (_read_json(path) or {}).get("sets", {}) if path.exists() else None
+    if not isinstance(scored, dict):
+        return False
+    newest = max((p.stat().st_mtime_ns for p in map(run.predictions, run.predict_sets) if p.exists()), default=0)
+    return all(s in scored for s in run.predict_sets) and path.stat().st_mtime_ns >= newest
+
+
+def link_done(run: Run, link: str) -> bool:
+    if link == "train":
+        return train_done(run)
+    if link == "score":
+        return score_done(run)
+    return predict_done(run, link.removeprefix("predict-"))
+
+
+def started(run_dir: Path) -> bool:
+    """True once LLaMA-Factory has written anything for this run."""
+    return (run_dir / TRAIN_DIR).exists() or any(run_dir.glob("predict-*/"))
+
+
+def state(run: Run) -> str:
+    """One word from STATES; "failed" only while the failed step has not been redone."""
+    if score_done(run):
+        return "done"
+    records = step_records(run)
+    if any(r.get("state") == "failed" and not link_done(run, name) for name, r in records.items()):
+        return "failed"
+    if run.trains and not train_done(run):
+        return "training" if records.get("train", {}).get("state") == "running" or started(run.path) else "rendered"
+    if run.predict_sets and all(predict_done(run, s) for s in run.predict_sets):
+        return "predicted"
+    return "trained" if run.trains else "rendered"
+
+
+def reset(run_dir: Path) -> None:
+    """--force: remove what LLaMA-Factory, scoring and the steps wrote; keep the rendered files."""
+    import shutil
+
+    for child in [run_dir / TRAIN_DIR, run_dir / STEPS, *run_dir.glob("predict-*/")]:
+        if child.is_dir():
+            shutil.rmtree(child)
+    (run_dir / SCORES).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- step records (job state from the run)
+
+
+def step_records(run: Run) -> dict[str, dict]:
+    """The last record of each step: ``steps/<link>.json``."""
+    records = {}
+    for path in sorted((run.path / STEPS).glob("*.json")):
+        record = _read_json(path)
+        if isinstance(record, dict):
+            records[path.stem] = record
+    return records
+
+
+def slurm_job_id(env=os.environ) -> str | None:
+    """The job id as squeue shows it: ``<array>_<task>`` for array tasks."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+def record_step(run: Run, link: str, state_word: str, log: Path | None = None, cause: str | None = None) -> None:
+    """A step's state change, with the Slurm job (if any), host and pid that made it."""
+    path = run.path / STEPS / f"{link}.json"
+    previous = _read_json(path) if state_word != "running" else None
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record = {
+        "step": link,
+        "state": state_word,
+        "job_id": slurm_job_id(),
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "started": (previous or {}).get("started", now),
+        "updated": now,
+        "log": str(log) if log else None,
+        "cause": cause,
+    }
+    atomic_write(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")

@@ -1,0 +1,219 @@
+"""The login-node side: the local chain (``tlf run``), Slurm submission and job states.
+
+Both launchers walk the same chain description (``rundir.chain``: train -> predict(s) ->
+score, then the experiment's report); the steps themselves run in ``executor``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import executor, report, rundir
+from .errors import Failed, TlfError
+from .rundir import Experiment
+
+JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")
+SLURM_TIMEOUT_S = 15   # a controller that does not answer by then is reported as unreachable
+
+
+class SlurmFailed(Failed):
+    pass
+
+
+# ---------------------------------------------------------------- local chain
+
+
+@dataclass
+class LocalResult:
+    report: Path
+    table: object
+    failures: list[str]
+
+
+def run_local(experiment: Experiment, run_names: list[str], echo, warn) -> LocalResult:
+    """Every link of every run's chain in order, here; then the report. A failed run does not
+    stop the others; Ctrl-C does (finished steps are kept, the next call goes on)."""
+    failures = []
+    for index, name in enumerate(run_names, start=1):
+        echo(f"[{index}/{len(run_names)}] {name}")
+        try:
+            executor.step(experiment.run_dir(name), ["all"], executor.Launch(quiet=True),
+                          echo=lambda message: echo(f"  {message}"))
+        except executor.StepFailed as error:
+            warn(f"  FAILED: {error}")
+            failures.append(name)
+    path, table = report.write_report(experiment.root)
+    return LocalResult(path, table, failures)
+
+
+# ---------------------------------------------------------------- Slurm client
+
+
+def _slurm(command: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        raise SlurmFailed(f"{command[0]} did not answer within {SLURM_TIMEOUT_S} s: is the Slurm "
+                          "controller reachable (scontrol ping)?") from error
+
+
+def _sbatch(args: list[str]) -> str:
+    done = _slurm(["sbatch", "--parsable", *args])
+    if done.returncode != 0:
+        raise SlurmFailed(f"sbatch {' '.join(args)} failed: {(done.stderr or done.stdout).strip()}")
+    job = done.stdout.strip().split(";")[0]
+    if not JOB_ID.match(job):
+        raise SlurmFailed(f"sbatch answered {done.stdout.strip()!r}, not a job id")
+    return job
+
+
+def test_only(scripts: list[Path]) -> list[tuple[Path, int, str]]:
+    """``sbatch --test-only`` on each script: (script, exit code, Slurm's message)."""
+    results = []
+    for script in scripts:
+        done = _slurm(["sbatch", "--test-only", str(script)])
+        results.append((script, done.returncode, (done.stderr or done.stdout).strip()))
+    return results
+
+
+def unfinished(experiment: Experiment, run_names: list[str]) -> list[str]:
+    return [n for n in run_names if not rundir.score_done(rundir.open_run(experiment.run_dir(n)))]
+
+
+def submit(experiment: Experiment, run_names: list[str], as_array: bool, array_parallel: int = 2) -> dict | None:
+    """Submit the runs not done yet and return at once (None: nothing to do). Chains use afterok;
+    a failed parent cancels its children (``--kill-on-invalid-dep=yes``: Slurm would otherwise
+    keep them PENDING forever). If one sbatch fails, what was submitted is cancelled."""
+    if not shutil.which("sbatch"):
+        raise TlfError("sbatch is not on PATH: run `tlf submit` on a Slurm login node, or `tlf run` locally")
+    todo = unfinished(experiment, run_names)
+    if not todo:
+        return None
+    submitted: list[str] = []
+    record: dict = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": {}}
+    try:
+        if as_array:
+            indices = [run_names.index(n) for n in todo]
+            array = _sbatch([f"--array={','.join(map(str, indices))}%{array_parallel}",
+                             str(experiment.root / rundir.ARRAY_SCRIPT)])
+            submitted.append(array)
+            record["array"] = array
+            record["runs"] = {name: {"array_task": f"{array}_{run_names.index(name)}"} for name in todo}
+            last = [array]
+        else:
+            last = [_submit_chain(experiment.run_dir(name), record["runs"].setdefault(name, {}), submitted)
+                    for name in todo]
+        record["report"] = _sbatch([f"--dependency=afterany:{':'.join(last)}",
+                                    str(experiment.root / rundir.REPORT_SCRIPT)])
+        submitted.append(record["report"])
+    except SlurmFailed as error:
+        if submitted:
+            subprocess.run(["scancel", *submitted], capture_output=True, timeout=SLURM_TIMEOUT_S)
+        raise SlurmFailed(f"{error}\ncancelled the {len(submitted)} job(s) already submitted: "
+                          f"{' '.join(submitted) or 'none'}") from error
+    experiment.add_jobs(record)
+    return record
+
+
+def _submit_chain(run_dir: Path, ids: dict, submitted: list[str]) -> str:
+    """One run's chain as afterok-linked jobs; returns the last job's id."""
+    run = rundir.open_run(run_dir)
+    script = str(run_dir / rundir.JOB_SCRIPT)
+    for link in run.chain():
+        after = [f"--dependency=afterok:{':'.join(ids[a] for a in link.after)}", "--kill-on-invalid-dep=yes"]
+        ids[link.name] = _sbatch([*(after if link.after else []), script, *link.args])
+        submitted.append(ids[link.name])
+    return ids[run.chain()[-1].name]
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """State per job id from squeue, then sacct, then scontrol (whatever the site has)."""
+    ids = sorted({j for j in job_ids if JOB_ID.match(str(j))})
+    states: dict[str, str] = {}
+    if not ids or not shutil.which("squeue"):
+        return states
+    done = _slurm(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)])
+    for line in done.stdout.splitlines():
+        job, _, state = line.partition(" ")
+        states[job] = state
+    missing = [j for j in ids if j not in states]
+    if missing and shutil.which("sacct"):
+        done = _slurm(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(missing)])
+        for line in done.stdout.splitlines():
+            job, _, state = line.partition("|")
+            if state:
+                states.setdefault(job, state.split()[0])
+    for job in [j for j in ids if j not in states]:
+        for token in _slurm(["scontrol", "show", "job", job]).stdout.split():
+            if token.startswith("JobState="):
+                states[job] = token.split("=", 1)[1]
+    return states
+
+
+def queued_by_name(names: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Jobs in the queue by job name (job id, state), also those submitted by plain ``sbatch``."""
+    if not names or not shutil.which("squeue"):
+        return {}
+    done = _slurm(["squeue", "-h", "-r", "-o", "%i|%j|%T", f"--name={','.join(names)}"])
+    queued: dict[str, list[tuple[str, str]]] = {}
+    for line in done.stdout.splitlines():
+        job, name, state = (line.split("|") + ["", ""])[:3]
+        queued.setdefault(name, []).append((job, state))
+    return queued
+
+
+# ---------------------------------------------------------------- status
+
+
+def _artifacts(run: rundir.Run) -> str:
+    words = ["train:" + ("done" if rundir.train_done(run) else "-" if run.trains else "n/a")]
+    words += [f"predict[{s}]:" + ("done" if rundir.predict_done(run, s) else "-") for s in run.predict_sets]
+    return " ".join(words + ["score:" + ("done" if rundir.score_done(run) else "-")])
+
+
+def _run_jobs(submitted: dict, records: dict[str, dict], queued: list[tuple[str, str]]) -> dict[str, str]:
+    """step -> job id: tlf submit's record, then what each step recorded (plain sbatch too)."""
+    jobs = {k: v for k, v in submitted.items() if isinstance(v, str)}
+    for link, record in records.items():
+        if record.get("job_id") and record["job_id"] not in jobs.values():
+            jobs[link] = str(record["job_id"])
+    for job, _state in queued:
+        if job not in jobs.values():
+            jobs[f"queued{'' if 'queued' not in jobs else len(jobs)}"] = job
+    return jobs
+
+
+def status_lines(experiment: Experiment, run_names: list[str], job_names: dict[str, str]) -> list[str]:
+    """Per run: its state, which artifacts exist, its jobs and their states, and for a failed run
+    the cause and the log it was read from."""
+    last = (experiment.jobs() or [{}])[-1]
+    submitted = last.get("runs", {}) if isinstance(last.get("runs"), dict) else {}
+    queued = queued_by_name(list(job_names.values()))
+    lines, per_run = [], {}
+    for name in run_names:
+        if not (experiment.run_dir(name) / rundir.MANIFEST).exists():
+            continue
+        run = rundir.open_run(experiment.run_dir(name))
+        records = rundir.step_records(run)
+        per_run[name] = (run, records, _run_jobs(submitted.get(name, {}), records, queued.get(job_names[name], [])))
+    report_job = last.get("report") if isinstance(last.get("report"), str) else None
+    states = job_states([j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or ""])
+    for name in run_names:
+        if name not in per_run:
+            lines.append(f"{name:36s} not rendered")
+            continue
+        run, records, jobs = per_run[name]
+        shown = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in jobs.items())
+        lines.append(f"{name:36s} {rundir.state(run):9s} {_artifacts(run)}  {shown}".rstrip())
+        for link, record in records.items():
+            if record.get("state") == "failed" and not rundir.link_done(run, link):
+                lines.append(f"    {link} failed: {record.get('cause')}")
+                lines.append(f"    log: {record.get('log')}")
+    if report_job:
+        lines.append(f"report job {report_job}: {states.get(report_job, '?')}")
+    return lines

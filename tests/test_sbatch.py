@@ -1,0 +1,93 @@
+"""sbatch rendering without a cluster: #SBATCH lines, job names, the chain in submit.sh, the
+explicit `tlf step` options, and hostile profile values refused before anything is written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import spec_file, tlf_bin
+
+pytestmark = pytest.mark.unit
+
+
+def tlf(*args, check=True, cwd=None) -> subprocess.CompletedProcess:
+    result = subprocess.run([tlf_bin(), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    if check and result.returncode != 0:
+        raise AssertionError(f"tlf {' '.join(map(str, args))} -> {result.returncode}\n{result.stderr}")
+    return result
+
+
+def test_sbatch_lines_are_literal_and_complete():
+    from telecom_lf.cluster import Profile
+    from telecom_lf.slurm import sbatch_lines
+
+    profile = Profile(name="p", partition="kshdtest", gres="dcu", gpus_per_node=2, cpus_per_gpu=8, mem="64G")
+    lines = sbatch_lines(profile, "r1-exp", Path("/runs/exp/r1/logs"))
+    assert lines[:6] == ["--job-name=r1-exp", "--partition=kshdtest", "--nodes=1", "--ntasks-per-node=1",
+                         "--cpus-per-task=16", "--gres=dcu:2"]
+    assert "--mem=64G" in lines and "--output=/runs/exp/r1/logs/%x-%j.out" in lines
+    assert lines[-3:] == ["--requeue", "--signal=B:USR1@300", "--open-mode=append"]
+    assert "--array=0-3%2" in sbatch_lines(profile, "s", Path("/l"), array="0-3%2")
+    with pytest.raises(Exception, match="must not contain"):
+        sbatch_lines(profile, "r1", Path("/runs/my runs/logs"))
+
+
+def test_job_names_begin_with_the_run_name_and_steps_get_explicit_options(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "names.yaml", tiny_gemma, telecom_dir,
+                     extra="slurm: {nodes: 2}\nsweep: {grid: {lora_rank: [2, 4]}}\n")
+    tlf("render", spec, "--out", tmp_path / "runs")
+    root = tmp_path / "runs" / "names"
+    job = (root / "r2" / "job.sbatch").read_text()
+    assert "#SBATCH --job-name=r2-names\n" in job     # squeue's 8 columns: "r2-names"
+    assert "--srun-nodes 2 --nproc-per-node 1" in job and "TLF_SRUN_TRAIN" not in job
+    assert "#SBATCH --job-name=sweep-names\n" in (root / "array.sbatch").read_text()
+
+
+def test_submit_sh_walks_the_same_chain_and_kills_on_invalid_dependencies(tiny_gemma, telecom_dir, tmp_path):
+    """submit.sh run with an sbatch that only records its arguments (no cluster needed here; the
+    Slurm suite runs it for real): every dependent job names its parents and --kill-on-invalid-dep."""
+    spec = spec_file(tmp_path / "chained.yaml", tiny_gemma, telecom_dir, sets=("telecom_test_100", "telecom_train_100"))
+    tlf("render", spec, "--out", tmp_path / "runs")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(( $(wc -l < "$CALLS" 2>/dev/null || echo 0) + 100 ))\n'
+                                    'printf "%s\\n" "$*" >> "$CALLS"\necho "$n"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    done = subprocess.run(["bash", str(tmp_path / "runs" / "chained" / "submit.sh")], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0].endswith("job.sbatch train") and "--dependency" not in lines[0]
+    assert lines[1].startswith("--parsable --dependency=afterok:100 --kill-on-invalid-dep=yes")
+    assert lines[1].endswith("predict telecom_test_100") and lines[2].endswith("predict telecom_train_100")
+    assert "--dependency=afterok:101:102 --kill-on-invalid-dep=yes" in lines[3] and lines[3].endswith(" score")
+    assert "--dependency=afterany:103" in lines[4] and lines[4].endswith("report.sbatch")
+    assert "chained: train 100 predict-telecom_test_100 101" in done.stdout
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("cluster: nosuchprofile\n", "unknown cluster profile 'nosuchprofile'; known: dcu, local-test, nvidia"),
+    ("slurm: {partition: 'debug; rm -rf /'}\n", "partition: 'debug; rm -rf /' has characters"),
+    ("slurm: {qos: \"$(touch /tmp/pwned)\"}\n", "qos: '$(touch /tmp/pwned)' has characters"),
+    ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
+    ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "one '--option[=value]' per entry"),
+    ("slurm: {setup: 'source env.sh'}\n", "slurm.setup: expected a list"),
+    # a spec's own bad value is named by the spec's file, line and key, not by the profile's file
+    ("slurm:\n  gpu_memory_gb: lots\n", "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a positive number of GB"),
+    ("slurm:\n  partiton: debug\n", "hostile.yaml:{line}: slurm.partiton: unknown key"),
+])
+def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, tmp_path, extra, message):
+    spec = spec_file(tmp_path / "hostile.yaml", tiny_gemma, telecom_dir, extra=extra)
+    if extra.startswith("cluster:"):
+        spec.write_text(spec.read_text().replace("cluster: local-test\n", ""))
+    result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
+    text = spec.read_text().splitlines()
+    line = next((i + 1 for i, t in enumerate(text) if t.startswith("  ")), None) if "{line}" in message else None
+    assert result.returncode == 2 and message.format(line=line) in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
