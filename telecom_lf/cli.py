@@ -198,10 +198,10 @@ def spec_options(*options):
     return decorate
 
 
-def _load_spec(spec_path: Path, overrides):
+def _load_spec(spec_path: Path, overrides, require_model: bool = True):
     from . import spec as spec_mod
 
-    loaded = spec_mod.load(spec_path, list(overrides))
+    loaded = spec_mod.load(spec_path, list(overrides), require_model)
     for note in loaded.notes:
         click.echo(f"tlf: note: {note}", err=True)
     return loaded
@@ -420,7 +420,7 @@ def status(spec_path: Path, out: Path, overrides) -> None:
     from . import render as render_mod
     from . import scheduler, slurm
 
-    spec = _load_spec(spec_path, overrides)
+    spec = _load_spec(spec_path, overrides, require_model=False)
     names = [r.name for r in plan_mod.expand(spec)]
     job_names = {n: slurm.job_name(spec, n) for n in names}
     for line in scheduler.status_lines(render_mod.layout(spec, out), names, job_names):
@@ -477,7 +477,7 @@ def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, roo
     if root is None:
         if spec_path is None:
             raise TlfError("give SPEC or --root EXPERIMENT_DIR")
-        root = render_mod.layout(_load_spec(spec_path, overrides), runs_root).root
+        root = render_mod.layout(_load_spec(spec_path, overrides, require_model=False), runs_root).root
     path, table = report_mod.write_report(root, report_dir)
     click.echo(table.to_string(index=False))
     click.echo(f"\nreport: {path}")

@@ -359,16 +359,19 @@ def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
     return raw
 
 
-def load(path: Path, overrides: list[str] | None = None) -> Spec:
-    """Read and validate one experiment spec against the installed LLaMA-Factory."""
+def load(path: Path, overrides: list[str] | None = None, require_model: bool = True) -> Spec:
+    """Read and validate one experiment spec against the installed LLaMA-Factory.
+
+    ``require_model=False`` (status, report: they only need to find the runs) accepts a local
+    model directory that is gone."""
     path = Path(path)
     raw, lines, _blob = _load_yaml(path)
     if overrides:
         raw = apply_overrides(raw, overrides, path)
     check = _Checker(path, lines)
     check.keys(raw, TOP_KEYS, ())
-    values: dict = {}
-    for parse in (_parse_models, _parse_data, _parse_prompt, _parse_arguments, _parse_experiment,
+    values: dict = _parse_models(raw, check, path.parent, require_model)
+    for parse in (_parse_data, _parse_prompt, _parse_arguments, _parse_experiment,
                   _parse_speed, _parse_cluster):
         values.update(parse(raw, check, path.parent))
     if values["sweep"] and values["train"] is None:
@@ -389,7 +392,7 @@ def _canonical_hash(raw: dict, values: dict) -> str:
     return sha256_bytes(json.dumps(meaning, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8"))
 
 
-def _parse_models(raw: dict, check: _Checker, base: Path) -> dict:
+def _parse_models(raw: dict, check: _Checker, base: Path, require_model: bool = True) -> dict:
     models_raw = raw.get("models") if raw.get("models") is not None else raw.get("model")
     if "model" in raw and "models" in raw:
         check.fail(("models",), "give either 'model' (one path) or 'models' (name -> path), not both")
@@ -405,7 +408,8 @@ def _parse_models(raw: dict, check: _Checker, base: Path) -> dict:
         if not NAME_RE.fullmatch(name) or ".." in name:
             check.fail(("models", name), "model names use letters, digits and _ . + - only")
         key = ("model",) if "model" in raw else ("models", name)
-        models[name], note = _model_location(given, base, lambda message, key=key: check.fail(key, message))
+        fail = (lambda message, key=key: check.fail(key, message)) if require_model else (lambda message: None)
+        models[name], note = _model_location(given, base, fail)
         notes += [note] if note else []
     return {"models": models, "notes": tuple(notes)}
 
