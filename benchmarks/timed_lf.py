@@ -86,9 +86,11 @@ def main() -> None:
     for item in overrides:
         key, _, value = item.partition("=")
         args[key] = yaml.safe_load(value)
+    from telecom_lf import dora
     from telecom_lf.compat import register_blog_templates
 
     register_blog_templates()
+    dora.install_for(config_path)   # as tlf-lf does: tlf's DoRA forward when the header asks
     from llamafactory.train.tuner import run_exp
 
     profile = os.environ.get("TIMED_LF_PROFILE")

@@ -113,7 +113,7 @@ def variant_spec(name: str, model: Path, data_dir: Path, variant: dict, precisio
             if "card_gb" in variant else {})
     return {"name": name, "model": str(model), "data": {"dir": str(data_dir), "train": "telecom_train_5000"},
             "prompt": "blog", "template": "default", "speed": variant["speed"], "train": train, **card,
-            **({"micro_batch": variant["micro_batch"]} if "micro_batch" in variant else {})}
+            **{key: variant[key] for key in ("micro_batch", "dora_kernel") if key in variant}}
 
 
 def run_variant(spec: dict, root: Path, steps: int, warmup: int, profile: Path | None = None) -> dict:
@@ -150,12 +150,16 @@ VARIANTS = {
     "fast-micro32": {"label": "fast, micro 32 x GA 2", "train": BLOG_TRAIN, **BIG, "micro_batch": 32},
     "fast-no-ckpt": {"label": "fast, no grad. ckpt", "train": {**BLOG_TRAIN, "disable_gradient_checkpointing": True},
                      **BIG},
-    # On the CPU machine this gained nothing: PEFT's DoRA forward breaks the graph
-    # (peft/utils/integrations.py, `str.startswith` in dequantize_module_weight).
+    # With PEFT's DoRA forward this gained nothing on the CPU machine: it breaks the graph
+    # (peft/utils/integrations.py, `str.startswith` in dequantize_module_weight); tlf's does not.
     "fast-compile": {"label": "fast, torch.compile", "train": {**BLOG_TRAIN, "torch_compile": True}, **BIG},
+    "fast-peft-dora-compile": {"label": "fast, PEFT's DoRA, torch.compile",
+                               "train": {**BLOG_TRAIN, "torch_compile": True}, **BIG, "dora_kernel": "peft"},
     "written-no-dora": {"label": "blog flags, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False},
                         "speed": "as-written"},
     "fast-no-dora": {"label": "fast, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False}, **BIG},
+    # `speed: fast` uses tlf's DoRA forward (telecom_lf/dora.py); this is fast with PEFT's own.
+    "fast-peft-dora": {"label": "fast, PEFT's DoRA", "train": BLOG_TRAIN, **BIG, "dora_kernel": "peft"},
 }
 DEFAULT_VARIANTS = ["written", "fast", "fast-16gb", "written-no-dora", "fast-no-dora"]
 
@@ -182,7 +186,8 @@ def print_table(shape: str, n_params: int, steps: int, warmup: int, results: dic
     ok = {name: r for name, r in results.items() if "error" not in r}
     for name, base_name, label in (("tlf speed: fast", "blog flags as written", "fast / as written"),
                                    ("blog flags, DoRA off", "blog flags as written", "DoRA off / DoRA on, as written"),
-                                   ("fast, DoRA off", "tlf speed: fast", "DoRA off / DoRA on, fast")):
+                                   ("fast, DoRA off", "tlf speed: fast", "DoRA off / DoRA on, fast"),
+                                   ("tlf speed: fast", "fast, PEFT's DoRA", "tlf's DoRA forward / PEFT's, fast")):
         if name in ok and base_name in ok:
             print(f"samples/s, {label}: {ok[name]['samples_per_s'] / ok[base_name]['samples_per_s']:.2f}x")
 

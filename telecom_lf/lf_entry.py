@@ -43,9 +43,7 @@ def main() -> None:
         os.environ["NNODES"] = os.environ.get("SLURM_NNODES", "1")
         os.environ["NODE_RANK"] = os.environ.get("SLURM_NODEID", "0")
         os.environ["NPROC_PER_NODE"] = nproc
-    from telecom_lf.compat import register_blog_templates
-
-    register_blog_templates()
+    _prepare(sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] == "train" else None)
     from llamafactory import launcher
 
     # The launcher formats `torchrun ... {__file__} {args}`: make the workers run this file.
@@ -53,10 +51,18 @@ def main() -> None:
     launcher.launch()
 
 
-def _worker() -> None:
+def _prepare(config: str | None) -> None:
+    """In every process that runs LLaMA-Factory: tlf's blog-era templates, and tlf's DoRA forward
+    when the rendered config's header asks for it."""
+    from telecom_lf import dora
     from telecom_lf.compat import register_blog_templates
 
     register_blog_templates()
+    dora.install_for(config)
+
+
+def _worker() -> None:
+    _prepare(sys.argv[1] if len(sys.argv) > 1 else None)
     from llamafactory.train.tuner import run_exp
 
     run_exp()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, lfargs, rundir, slurm
+from . import __version__, dora, lfargs, rundir, slurm
 from . import plan as plan_mod
 from .errors import TlfError
 from .fsutil import atomic_write, sha256_bytes
@@ -280,11 +280,20 @@ def config_yaml(header: list[str], config: Config) -> bytes:
 
 
 def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
-    return [f"Rendered by tlf {__version__} from {spec.path} (run {run.name}); re-render, do not edit.",
-            f"Run:      tlf-lf train {name}   (llamafactory-cli plus tlf's blog-era templates)",
-            f"Override: tlf-lf train {name} learning_rate=1.0e-4   (key=value after the file)",
-            "Each value's comment says where it came from: the spec's file:line, the cluster profile,",
-            "a tlf default (and why), or speed: fast."]
+    lines = [f"Rendered by tlf {__version__} from {spec.path} (run {run.name}); re-render, do not edit.",
+             f"Run:      tlf-lf train {name}   (llamafactory-cli plus tlf's blog-era templates)",
+             f"Override: tlf-lf train {name} learning_rate=1.0e-4   (key=value after the file)",
+             "Each value's comment says where it came from: the spec's file:line, the cluster profile,",
+             "a tlf default (and why), or speed: fast."]
+    if uses_fast_dora(spec, run):
+        origin = _from_spec(spec, "dora_kernel") if spec.line("dora_kernel") else "speed: fast"
+        lines.append(f"{dora.MARKER}fast   ({origin}: tlf-lf installs its DoRA forward, same maths as PEFT's; "
+                     "plain llamafactory-cli ignores this line)")
+    return lines
+
+
+def uses_fast_dora(spec: Spec, run: RunPlan) -> bool:
+    return spec.dora_kernel == "fast" and bool((run.train_args or {}).get("use_dora"))
 
 
 def _run_files(spec: Spec, run: RunPlan, run_dir: Path, entries: bytes) -> dict[str, bytes]:
@@ -312,6 +321,7 @@ def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dic
         "varied": run.varied,
         "baseline": run.is_baseline,
         "trains": run.train_args is not None,
+        "dora_kernel": "fast" if uses_fast_dora(spec, run) else "peft",
         "predict_sets": spec.predict_sets,
         "dataset_dir": str(spec.data_dir),
         "split_manifest": str(split_manifest) if split_manifest.exists() else None,

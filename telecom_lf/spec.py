@@ -21,6 +21,7 @@ from .fsutil import sha256_bytes
 from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
 
 SPEEDS = ("as-written", "fast")
+DORA_KERNELS = ("fast", "peft")
 PROMPT_MODES = ("blog", "upstream")
 DECODING = ("greedy", "sampled")
 # Keys tlf writes itself: setting them in a spec would silently fight the plan.
@@ -90,6 +91,8 @@ class SpeedKeys:
     speed: str = _key("as-written", "as-written, or fast: same data and maths, faster "
                                     "(one micro-batch, SDPA, cached tokens, batched predict)")
     micro_batch: int | None = _key(None, "speed: fast only: rows per forward (default: the whole effective batch)")
+    dora_kernel: str | None = _key(None, "fast: tlf's DoRA forward (same maths, factored norm computed once per "
+                                         "optimiser step); peft: PEFT's own. Default: fast under speed: fast")
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class Spec:
     lines: dict[tuple, int]
     speed: str = "as-written"
     micro_batch: int | None = None   # `speed: fast` only: rows per forward (default: the whole effective batch)
+    dora_kernel: str = "peft"        # fast: tlf's DoRA forward in every LLaMA-Factory process of the run
     datasets: dict = field(default_factory=dict)   # the dataset_info.json entries the spec names
     profile: Profile | None = None                 # the cluster profile with slurm: applied, resolved once
     notes: tuple[str, ...] = ()                    # things a user should know that are not errors
@@ -513,7 +517,11 @@ def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
         elif speed != "fast":
             check.fail(("micro_batch",), "micro_batch sets the `speed: fast` profile's micro-batch; add speed: fast "
                                          "(as written, the micro-batch is train.per_device_train_batch_size)")
-    return {"speed": speed, "micro_batch": micro_batch}
+    dora_kernel = raw.get("dora_kernel")
+    if dora_kernel is not None and dora_kernel not in DORA_KERNELS:
+        check.fail(("dora_kernel",), f"expected one of {list(DORA_KERNELS)}, got {dora_kernel!r}")
+    return {"speed": speed, "micro_batch": micro_batch,
+            "dora_kernel": dora_kernel or ("fast" if speed == "fast" else "peft")}
 
 
 def _parse_cluster(raw: dict, check: _Checker, _base: Path) -> dict:

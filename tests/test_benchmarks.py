@@ -30,7 +30,7 @@ def test_render_benchmark_small(tmp_path):
 
 def test_train_benchmark_small(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_bench.py"), "--shape", "tiny",
-                           "--steps", "3", "--variants", "written", "fast", "fast-micro32", "fast-16gb",
+                           "--steps", "3", "--variants", "written", "fast", "fast-micro32", "fast-16gb", "fast-peft-dora",
                            "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "t.json").read_text())["results"]
@@ -39,6 +39,8 @@ def test_train_benchmark_small(tmp_path):
     assert results["fast, micro 32 x GA 2"]["micro_batch"] == 32 and results["fast, micro 32 x GA 2"]["accumulation"] == 2
     # A 16 GB card without liger_kernel installed (this machine): half the rows per micro-batch.
     assert results["fast, 16 GB card"]["micro_batch"] == 32 and results["fast, 16 GB card"]["accumulation"] == 2
+    assert results["fast, PEFT's DoRA"]["micro_batch"] == 64   # the same fast profile, PEFT's DoRA forward
+    assert "tlf's DoRA forward / PEFT's, fast" in done.stdout
     # Timed over the steps after the first: 2 steps of 64 rows, with non-padding tokens counted.
     assert all(r["measured_steps"] == 2 and r["tokens_per_row"] > 10 for r in results.values())
 

@@ -17,7 +17,7 @@ PACKAGE = REPO / "telecom_lf"
 LAYERS = [
     {"__init__", "errors", "fsutil"},
     {"rundir"},
-    {"compat", "synth"},
+    {"compat", "synth", "dora"},
     {"lfargs"},
     {"cluster", "data", "score"},
     {"tiny"},

@@ -1,0 +1,161 @@
+"""A faster DoRA forward for PEFT's LoRA Linear layers: same mathematics, less host work.
+
+PEFT 0.18's ``DoraLinearLayer.forward`` does, on every call (forward, and again when gradient
+checkpointing recomputes it): build an identity matrix to get B·A through the LoRA modules,
+cast the frozen weight to the input's dtype, materialise W + s·B·A (out x in) and take its row
+norms, which it then detaches. This forward computes the same row norms from factors,
+
+    ||W_i + s(BA)_i||^2 = ||W_i||^2 + 2s <B_i, (W A^T)_i> + s^2 <B_i, (B (A A^T))_i>,
+
+in fp32 with autocast off, keeps ||W_i||^2 of the frozen weight, and reuses the detached norm
+until the next optimiser step (or an in-place change of A or B), so the micro-batches of one
+optimiser step and the recompute under gradient checkpointing share it. The rest (the
+magnitude's gradient, dropout, the base result reused when dropout is off) is PEFT's own code
+path. Under ``torch.compile`` the norm is recomputed in the traced graph (no Python cache) and
+nothing breaks the graph.
+
+Installed by ``tlf-lf`` in every process when the rendered config asks for it (``speed: fast``
+unless the spec says ``dora_kernel: peft``), and only on the PEFT version it was tested with;
+anything it does not cover (quantised or transposed weights) goes to PEFT's forward.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TESTED_PEFT = ("0.18.1",)
+MARKER = "tlf-lf: dora_kernel="       # in a rendered config's header comment
+_original_forward = None
+# Optimiser steps taken in this process. Fused optimisers (transformers' default AdamW on torch
+# >= 2.8) update parameters without bumping their version counters, so the version alone cannot
+# say that A or B changed; every torch.optim step bumps this through a global post-step hook.
+_optimiser_steps = [0]
+_hook = None
+
+
+def _count_step(_optimizer, _args, _kwargs) -> None:
+    _optimiser_steps[0] += 1
+
+
+def _weight_of(base_layer):
+    """The plain weight of an nn.Linear, or None where PEFT's own path is needed."""
+    import torch
+
+    weight = getattr(base_layer, "weight", None)
+    if type(base_layer) is not torch.nn.Linear or type(weight) is not torch.nn.Parameter:
+        return None
+    return weight
+
+
+def _squared_row_norms(layer, weight):
+    """||W_i||^2 of the frozen weight in fp32, kept until the weight itself changes."""
+    import torch
+
+    key = (weight.data_ptr(), weight._version, weight.shape)
+    cached = getattr(layer, "_tlf_w_norms", None)
+    if torch.compiler.is_compiling():
+        return weight.float().pow(2).sum(1)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, weight.float().pow(2).sum(1))
+        layer._tlf_w_norms = cached
+    return cached[1]
+
+
+def factored_weight_norm(weight, lora_a, lora_b, scaling, w_squared):
+    """Row norms of W + scaling * B @ A without forming the out x in matrix (fp32, no grad)."""
+    import torch
+
+    with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
+        a, b = lora_a.float(), lora_b.float()
+        cross = ((weight.float() @ a.T) * b).sum(1)   # out x r, never out x in
+        lora_sq = ((b @ (a @ a.T)) * b).sum(1)
+        return (w_squared + 2 * scaling * cross + scaling * scaling * lora_sq).clamp_min(0).sqrt()
+
+
+def _weight_norm(layer, weight, lora_A, lora_B, scaling, dtype):
+    """The detached norm, computed once per value of A and B (one optimiser step)."""
+    import torch
+
+    a, b = lora_A.weight, lora_B.weight
+    if torch.compiler.is_compiling():
+        return factored_weight_norm(weight, a, b, scaling, _squared_row_norms(layer, weight)).to(dtype)
+    key = (_optimiser_steps[0], a.data_ptr(), a._version, b.data_ptr(), b._version, float(scaling), dtype,
+           weight.data_ptr(), weight._version)
+    cached = getattr(layer, "_tlf_norm", None)
+    if cached is None or cached[0] != key:
+        norm = factored_weight_norm(weight, a, b, scaling, _squared_row_norms(layer, weight)).to(dtype)
+        cached = (key, norm)
+        layer._tlf_norm = cached
+    return cached[1]
+
+
+def fast_forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None):
+    """PEFT's ``DoraLinearLayer.forward`` (same arguments, same result), with the norm factored,
+    cast-free and reused; falls back to PEFT's own forward where it does not apply."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = _weight_of(base_layer)
+    if weight is None or self.fan_in_fan_out:
+        return _original_forward(self, x, lora_A=lora_A, lora_B=lora_B, scaling=scaling, base_layer=base_layer,
+                                 base_result=base_result)
+    # PEFT takes the norm in the input's dtype (the weight cast to it); the factors are exact in fp32.
+    weight_norm = _weight_norm(self, weight, lora_A, lora_B, scaling, x.dtype)
+    mag_norm_scale = (self.weight / weight_norm).view(1, -1)
+    lora_result = lora_B(lora_A(x))
+    if base_result is not None:
+        if base_layer.bias is not None:
+            base_result = base_result - base_layer.bias
+    elif x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        base_result = F.linear(x, weight)    # autocast casts both, as it does PEFT's cast copy
+    else:
+        base_result = F.linear(x, weight.to(x.dtype))
+    return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
+def install(wanted: bool) -> str | None:
+    """Put the fast forward in place (or PEFT's back); returns a line saying why it is off when
+    it was wanted but the installed PEFT is not the tested one."""
+    global _original_forward, _hook
+    from importlib import metadata
+
+    import torch
+    from peft.tuners.lora.dora import DoraLinearLayer
+
+    if _original_forward is None:
+        _original_forward = DoraLinearLayer.forward
+    if _hook is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _hook = register_optimizer_step_post_hook(_count_step)
+    version = metadata.version("peft")
+    use = wanted and version in TESTED_PEFT
+    DoraLinearLayer.forward = fast_forward if use else _original_forward
+    if wanted and not use:
+        return (f"tlf: fast DoRA forward off: written and tested for peft {', '.join(TESTED_PEFT)}, "
+                f"found {version}; PEFT's own DoRA forward is used")
+    return None
+
+
+def wanted_by(config_path: str | None) -> bool:
+    """Whether a rendered config's header asks for the fast forward (``# tlf-lf: dora_kernel=fast``)."""
+    if not config_path or not config_path.endswith((".yaml", ".yml")):
+        return False
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.startswith("#"):
+                    break
+                if MARKER in line:
+                    return line.split(MARKER, 1)[1].split()[0] == "fast"
+    except OSError:
+        return False
+    return False
+
+
+def install_for(config_path: str | None) -> None:
+    wanted = wanted_by(config_path)
+    message = install(wanted)
+    if message or wanted:
+        print(message or "tlf: fast DoRA forward on (dora_kernel=fast in the config's header)", file=sys.stderr)
