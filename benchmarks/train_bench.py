@@ -160,6 +160,13 @@ VARIANTS = {
     "fast-no-dora": {"label": "fast, DoRA off", "train": {**BLOG_TRAIN, "use_dora": False}, **BIG},
     # `speed: fast` uses tlf's DoRA forward (telecom_lf/dora.py); this is fast with PEFT's own.
     "fast-peft-dora": {"label": "fast, PEFT's DoRA", "train": BLOG_TRAIN, **BIG, "dora_kernel": "peft"},
+    # The blog's best configuration has dropout 0: PEFT's DoRA then reuses the base result, while
+    # with dropout it multiplies the frozen weight with the dropped-out input once more.
+    "fast-d0": {"label": "fast, dropout 0", "train": {**BLOG_TRAIN, "lora_dropout": 0.0}, **BIG},
+    "fast-peft-dora-d0": {"label": "fast, PEFT's DoRA, dropout 0", "train": {**BLOG_TRAIN, "lora_dropout": 0.0},
+                          **BIG, "dora_kernel": "peft"},
+    "fast-no-dora-d0": {"label": "fast, DoRA off, dropout 0",
+                        "train": {**BLOG_TRAIN, "lora_dropout": 0.0, "use_dora": False}, **BIG},
 }
 DEFAULT_VARIANTS = ["written", "fast", "fast-16gb", "written-no-dora", "fast-no-dora"]
 
@@ -187,7 +194,9 @@ def print_table(shape: str, n_params: int, steps: int, warmup: int, results: dic
     for name, base_name, label in (("tlf speed: fast", "blog flags as written", "fast / as written"),
                                    ("blog flags, DoRA off", "blog flags as written", "DoRA off / DoRA on, as written"),
                                    ("fast, DoRA off", "tlf speed: fast", "DoRA off / DoRA on, fast"),
-                                   ("tlf speed: fast", "fast, PEFT's DoRA", "tlf's DoRA forward / PEFT's, fast")):
+                                   ("tlf speed: fast", "fast, PEFT's DoRA", "tlf's DoRA forward / PEFT's, fast"),
+                                   ("fast, dropout 0", "fast, PEFT's DoRA, dropout 0",
+                                    "tlf's DoRA forward / PEFT's, fast, dropout 0")):
         if name in ok and base_name in ok:
             print(f"samples/s, {label}: {ok[name]['samples_per_s'] / ok[base_name]['samples_per_s']:.2f}x")
 

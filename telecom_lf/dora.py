@@ -26,6 +26,7 @@ import sys
 TESTED_PEFT = ("0.18.1",)
 MARKER = "tlf-lf: dora_kernel="       # in a rendered config's header comment
 _original_forward = None
+_original_variant_forward = None
 # Optimiser steps taken in this process. Fused optimisers (transformers' default AdamW on torch
 # >= 2.8) update parameters without bumping their version counters, so the version alone cannot
 # say that A or B changed; every torch.optim step bumps this through a global post-step hook.
@@ -63,14 +64,17 @@ def _squared_row_norms(layer, weight):
 
 
 def factored_weight_norm(weight, lora_a, lora_b, scaling, w_squared):
-    """Row norms of W + scaling * B @ A without forming the out x in matrix (fp32, no grad)."""
+    """Row norms of W + s B A without forming the out x in matrix (fp32, no grad):
+    ||W_i + s(BA)_i||^2 = ||W_i||^2 + s <B_i, (2 W A^T + s B (A A^T))_i>, all out x r."""
     import torch
 
     with torch.no_grad(), torch.autocast(device_type=weight.device.type, enabled=False):
-        a, b = lora_a.float(), lora_b.float()
-        cross = ((weight.float() @ a.T) * b).sum(1)   # out x r, never out x in
-        lora_sq = ((b @ (a @ a.T)) * b).sum(1)
-        return (w_squared + 2 * scaling * cross + scaling * scaling * lora_sq).clamp_min(0).sqrt()
+        a = lora_a if lora_a.dtype == torch.float32 else lora_a.float()
+        b = lora_b if lora_b.dtype == torch.float32 else lora_b.float()
+        w = weight if weight.dtype == torch.float32 else weight.float()
+        a_t = a.t()
+        inner = torch.addmm(w @ a_t, b, a @ a_t, beta=2, alpha=scaling)
+        return torch.add(w_squared, (inner * b).sum(1), alpha=scaling).clamp_min_(0).sqrt_()
 
 
 def _weight_norm(layer, weight, lora_A, lora_B, scaling, dtype):
@@ -84,7 +88,8 @@ def _weight_norm(layer, weight, lora_A, lora_B, scaling, dtype):
            weight.data_ptr(), weight._version)
     cached = getattr(layer, "_tlf_norm", None)
     if cached is None or cached[0] != key:
-        norm = factored_weight_norm(weight, a, b, scaling, _squared_row_norms(layer, weight)).to(dtype)
+        norm = factored_weight_norm(weight, a, b, scaling, _squared_row_norms(layer, weight))
+        norm = norm if norm.dtype == dtype else norm.to(dtype)
         cached = (key, norm)
         layer._tlf_norm = cached
     return cached[1]
@@ -114,17 +119,50 @@ def fast_forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=No
     return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
 
 
+def fast_variant_forward(module, active_adapter, x, result, **kwargs):
+    """PEFT's ``DoraLinearVariant.forward`` (the LoRA layer's DoRA step) with its arithmetic in
+    fewer operations: ``result + (g - 1) * base + g * s * lora`` (g = magnitude / norm) becomes
+    ``g * (result + s * lora)`` when the base result is reused (dropout off, or eval), and
+    ``(result - base) + g * (base + s * lora)`` on dropped-out inputs. Same terms, regrouped."""
+    import torch
+    import torch.nn.functional as F
+
+    dora_layer = module.lora_magnitude_vector[active_adapter]
+    base_layer = module.get_base_layer()
+    weight = _weight_of(base_layer)
+    if weight is None or dora_layer.fan_in_fan_out:
+        return _original_variant_forward(module, active_adapter=active_adapter, x=x, result=result, **kwargs)
+    lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+    dropout, scaling = module.lora_dropout[active_adapter], module.scaling[active_adapter]
+    # (out,) broadcasts over the last dimension: PEFT's .view(1, -1) is not needed
+    scale = dora_layer.weight / _weight_norm(dora_layer, weight, lora_A, lora_B, scaling, x.dtype)
+    if isinstance(dropout, torch.nn.Identity) or not module.training:
+        lora = lora_B(lora_A(x))
+        if base_layer.bias is None:
+            return scale * torch.add(result, lora, alpha=scaling)
+        base = result - base_layer.bias
+        return torch.addcmul(base_layer.bias.expand_as(result), scale, torch.add(base, lora, alpha=scaling))
+    x = dropout(x)
+    if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        base = F.linear(x, weight)
+    else:
+        base = F.linear(x, weight.to(x.dtype))
+    return torch.addcmul(result - base, scale, torch.add(base, lora_B(lora_A(x)), alpha=scaling))
+
+
 def install(wanted: bool) -> str | None:
     """Put the fast forward in place (or PEFT's back); returns a line saying why it is off when
     it was wanted but the installed PEFT is not the tested one."""
-    global _original_forward, _hook
+    global _original_forward, _original_variant_forward, _hook
     from importlib import metadata
 
     import torch
     from peft.tuners.lora.dora import DoraLinearLayer
+    from peft.tuners.lora.variants import DoraLinearVariant
 
     if _original_forward is None:
         _original_forward = DoraLinearLayer.forward
+        _original_variant_forward = DoraLinearVariant.forward
     if _hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -132,6 +170,7 @@ def install(wanted: bool) -> str | None:
     version = metadata.version("peft")
     use = wanted and version in TESTED_PEFT
     DoraLinearLayer.forward = fast_forward if use else _original_forward
+    DoraLinearVariant.forward = staticmethod(fast_variant_forward if use else _original_variant_forward)
     if wanted and not use:
         return (f"tlf: fast DoRA forward off: written and tested for peft {', '.join(TESTED_PEFT)}, "
                 f"found {version}; PEFT's own DoRA forward is used")
