@@ -210,6 +210,9 @@ BAD_SPECS = {
                                    ["bad.yaml:10: predict.predict_with_generate", "needs predict_with_generate"]),
     "slurm overrides without a cluster": ("  lora_rank: 8\nslurm:\n  gpu_memory_gb: 80\n",
                                           ["bad.yaml:10: slurm", "add cluster:"]),
+    "unknown DoRA forward": ("  lora_rank: 8\ndora_kernel: \"fast\\n$(touch x)\"\n",
+                             ["bad.yaml:10: dora_kernel", "expected one of ['fast', 'peft']"]),
+    "unknown spec section key": ("  lora_rank: 8\ndata_dir: x\n", ["bad.yaml:10: data_dir", "unknown key"]),
 }
 
 
