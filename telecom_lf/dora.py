@@ -156,7 +156,6 @@ def install(wanted: bool) -> str | None:
     global _original_forward, _original_variant_forward, _hook
     from importlib import metadata
 
-    import torch
     from peft.tuners.lora.dora import DoraLinearLayer
     from peft.tuners.lora.variants import DoraLinearVariant
 
