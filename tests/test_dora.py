@@ -100,7 +100,7 @@ def test_the_norm_is_computed_once_per_optimiser_step_and_without_an_identity(ti
         model(input_ids=ids, labels=ids).loss.backward()
     with torch.profiler.profile() as again:   # same step: A and B unchanged
         model(input_ids=ids, labels=ids).loss.backward()
-    ops = lambda profile: [e.name for e in profile.events()]
+    ops = lambda profile: [e.name.rstrip("_") for e in profile.events()]   # sqrt_ counts as sqrt
     assert "aten::eye" not in ops(warm) and "aten::eye" not in ops(again)
     assert ops(warm).count("aten::sqrt") >= len(TARGETS) * 2  # one norm per adapted layer
     assert "aten::sqrt" not in ops(again)                      # reused within the step
