@@ -22,6 +22,7 @@ from .spec import Spec
 
 # LLaMA-Factory 0.6, which the blog ran, cut sequences at 1024 tokens; 0.9.5 at 2048.
 BLOG_CUTOFF_LEN = 1024
+BLOG_MAX_NEW_TOKENS = 512   # LLaMA-Factory 0.6's generating_args default; 0.9.5's is 1024
 # tlf's own choices where LLaMA-Factory's defaults hide what a study needs to see:
 # a loss point every 5 steps (HF's default 500 logs nothing on short runs) and the loss plot.
 TLF_TRAIN_DEFAULTS = {"logging_steps": (5, "tlf default: a loss point every 5 steps (HF: 500)"),
@@ -210,6 +211,9 @@ def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Con
         config.put("cutoff_len", BLOG_CUTOFF_LEN, "tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)")
     if train and "cutoff_len" in train:
         config.put("cutoff_len", train["cutoff_len"], _arg_origin(spec, run, "cutoff_len") + " (as trained)")
+    if spec.prompt == "blog":
+        # The blog never set it: LLaMA-Factory 0.6 generated at most 512 new tokens, 0.9.5 1024.
+        config.put("max_new_tokens", BLOG_MAX_NEW_TOKENS, "tlf default: LLaMA-Factory 0.6's limit (prompt: blog)")
     if spec.decoding == "greedy":
         # LLaMA-Factory samples by default (temperature 0.95, top_p 0.7): the blog's scores
         # were sampled. Greedy makes a score a property of the adapter, not of the dice.

@@ -324,6 +324,19 @@ def test_rendered_yaml_says_where_each_value_came_from(blog_data, tiny_gemma, tm
     assert "do_sample: true" not in predict and "adapter_name_or_path:" in predict
 
 
+def test_blog_mode_predicts_at_most_512_new_tokens_as_llamafactory_0_6_did(blog_data, tiny_gemma, tmp_path):
+    args = (f"model={tiny_gemma}", f"data.dir={blog_data}")
+    render(BLOG / "climb-400.yaml", tmp_path / "blog", *args)
+    blog = (tmp_path / "blog" / "blog-climb-400" / "blog-climb-400" / "predict-telecom_test_100.yaml").read_text()
+    assert "max_new_tokens: 512  # tlf default: LLaMA-Factory 0.6's limit (prompt: blog)" in blog
+    render(BLOG / "climb-400.yaml", tmp_path / "set", *args, "predict.max_new_tokens=64")
+    assert load_yaml(next((tmp_path / "set").rglob("predict-telecom_test_100.yaml")))["max_new_tokens"] == 64
+    render(BLOG / "climb-400.yaml", tmp_path / "up", *args, "prompt=upstream")
+    assert "max_new_tokens" not in load_yaml(next((tmp_path / "up").rglob("predict-telecom_test_100.yaml")))
+    shown = tlf("diff", BLOG / "climb-400.yaml", *[f"--set={a}" for a in args]).stdout
+    assert re.search(r"predict\s+max_new_tokens\s+512\s+1024\s+\*", shown), shown
+
+
 @pytest.mark.parametrize("model,message", [
     ("empty-dir", "model directory {path} has no config.json"),
     ("no/such/dir/here", "model directory {path} does not exist"),
