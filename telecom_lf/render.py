@@ -43,6 +43,11 @@ class Config(dict):
     def value(self, key: str, default=None):
         return self[key][0] if key in self else default
 
+    def put_fast(self, key: str, value) -> None:
+        """A `speed: fast` value, saying which value it replaced and where that came from."""
+        before = f" (was {self[key][0]}: {self[key][1]})" if key in self and self[key][0] != value else ""
+        self.put(key, value, FAST + before)
+
 
 def layout(spec: Spec, out: Path) -> rundir.Experiment:
     return rundir.Experiment.at(out, spec.name)
@@ -108,8 +113,7 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
     if spec.speed == "fast":
         for key, value in fast_settings(spec, run, config.values(), args,
                                         profile.gpu_memory_gb if profile else None).items():
-            before = f" (was {config[key][0]}: {config[key][1]})" if key in config and config[key][0] != value else ""
-            config.put(key, value, FAST + before)
+            config.put_fast(key, value)
     return config
 
 
@@ -226,7 +230,7 @@ def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Con
         # 99/100 on an H100).
         batch = config.value("per_device_eval_batch_size", lfargs.table()["per_device_eval_batch_size"].default)
         if batch < FAST_PREDICT_BATCH:
-            config.put("per_device_eval_batch_size", FAST_PREDICT_BATCH, FAST)
+            config.put_fast("per_device_eval_batch_size", FAST_PREDICT_BATCH)
     return config
 
 
@@ -286,7 +290,8 @@ def config_yaml(header: list[str], config: Config) -> bytes:
 def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
     lines = [f"Rendered by tlf {__version__} from {spec.path} (run {run.name}); re-render, do not edit.",
              f"Run:      tlf-lf train {name}   (llamafactory-cli plus tlf's blog-era templates)",
-             f"Override: tlf-lf train {name} learning_rate=1.0e-4   (key=value after the file)",
+             f"Override: tlf-lf train {name} {'learning_rate=1.0e-4' if name == TRAIN_FILE else 'max_samples=10'}"
+             "   (key=value after the file)",
              "Each value's comment says where it came from: the spec's file:line, the cluster profile,",
              "a tlf default (and why), or speed: fast."]
     if uses_fast_dora(spec, run):
