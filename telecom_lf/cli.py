@@ -246,7 +246,7 @@ def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) ->
             click.echo(f"{'write' if path in changed else 'same':5s} {path}  ({len(files[path])} bytes)")
         click.echo(f"{len(runs)} run(s); dry run: nothing written")
         return
-    render_mod.write_files(files, force)
+    render_mod.write_files(files, force, changed)
     where = render_mod.layout(spec, out)
     for run in runs:
         click.echo(f"{run.name:40s} {where.run_dir(run.name)}")
@@ -322,11 +322,11 @@ def _run_spec(spec, out: Path, only=(), force: bool = False):
         raise TlfError(f"--only {unknown[0]!r}: no such run; runs: {', '.join(names)}")
     selected = [n for n in names if not only or n in only]
     where = render_mod.layout(spec, out)
-    render_mod.plan_writes(files, force)
+    changed = render_mod.plan_writes(files, force)
     if force:
         for name in selected:
             rundir.reset(where.run_dir(name))
-    render_mod.write_files(files, force)
+    render_mod.write_files(files, force, changed)
     try:
         result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True))
     except KeyboardInterrupt:
@@ -382,7 +382,7 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     changed = render_mod.plan_writes(files, force)
     for run_dir in {p.parent for p in changed if p.name != rundir.MANIFEST and p.parent.parent == where.root}:
         rundir.reset(run_dir)  # --force: results of an older rendering must not pass as this one's
-    render_mod.write_files(files, force)
+    render_mod.write_files(files, force, changed)
     names = [r.name for r in runs]
     if test_only:
         _test_only([where.run_dir(n) / rundir.JOB_SCRIPT for n in names]

@@ -387,9 +387,10 @@ def plan_writes(files: dict[Path, bytes], force: bool = False) -> list[Path]:
     return changed
 
 
-def write_files(files: dict[Path, bytes], force: bool = False) -> list[Path]:
-    """Write what changed (each file whole, atomically); refuse to change a started run."""
-    changed = plan_writes(files, force)
+def write_files(files: dict[Path, bytes], force: bool = False, changed: list[Path] | None = None) -> list[Path]:
+    """Write what changed (each file whole, atomically); refuse to change a started run.
+    ``changed``: plan_writes' answer when the caller has it already (nothing is read twice)."""
+    changed = plan_writes(files, force) if changed is None else changed
     for path in changed:
         atomic_write(path, files[path])
     return changed
