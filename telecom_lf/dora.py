@@ -1,6 +1,7 @@
-"""A faster DoRA forward for PEFT's LoRA Linear layers: same mathematics, less host work.
+"""A faster DoRA step for PEFT's LoRA Linear layers: same mathematics, less host work.
 
-PEFT 0.18's ``DoraLinearLayer.forward`` does, on every call (forward, and again when gradient
+PEFT 0.18's DoRA step (``DoraLinearVariant.forward`` calling ``DoraLinearLayer.forward``) does,
+on every call (forward, and again when gradient
 checkpointing recomputes it): build an identity matrix to get B·A through the LoRA modules,
 cast the frozen weight to the input's dtype, materialise W + s·B·A (out x in) and take its row
 norms, which it then detaches. This forward computes the same row norms from factors,
@@ -9,14 +10,16 @@ norms, which it then detaches. This forward computes the same row norms from fac
 
 in fp32 with autocast off, keeps ||W_i||^2 of the frozen weight, and reuses the detached norm
 until the next optimiser step (or an in-place change of A or B), so the micro-batches of one
-optimiser step and the recompute under gradient checkpointing share it. The rest (the
-magnitude's gradient, dropout, the base result reused when dropout is off) is PEFT's own code
-path. Under ``torch.compile`` the norm is recomputed in the traced graph (no Python cache) and
+optimiser step and the recompute under gradient checkpointing share it, and it regroups the
+step's arithmetic into fewer operations (the magnitude's gradient, dropout and the base result
+reused when dropout is off stay as PEFT has them). Under ``torch.compile`` the norm is recomputed in the traced graph (no Python cache) and
 nothing breaks the graph.
 
 Installed by ``tlf-lf`` in every process when the rendered config asks for it (``speed: fast``
 unless the spec says ``dora_kernel: peft``), and only on the PEFT version it was tested with;
-anything it does not cover (quantised or transposed weights) goes to PEFT's forward.
+anything it does not cover (quantised or transposed weights) goes to PEFT's own step. In PEFT
+0.18.1 the variant's step is the only caller of ``DoraLinearLayer.forward`` for Linear layers, so
+replacing the step alone is enough.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import sys
 
 TESTED_PEFT = ("0.18.1",)
 MARKER = "tlf-lf: dora_kernel="       # in a rendered config's header comment
-_original_forward = None
 _original_variant_forward = None
 # Optimiser steps taken in this process. Fused optimisers (transformers' default AdamW on torch
 # >= 2.8) update parameters without bumping their version counters, so the version alone cannot
@@ -95,30 +97,6 @@ def _weight_norm(layer, weight, lora_A, lora_B, scaling, dtype):
     return cached[1]
 
 
-def fast_forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None):
-    """PEFT's ``DoraLinearLayer.forward`` (same arguments, same result), with the norm factored,
-    cast-free and reused; falls back to PEFT's own forward where it does not apply."""
-    import torch
-    import torch.nn.functional as F
-
-    weight = _weight_of(base_layer)
-    if weight is None or self.fan_in_fan_out:
-        return _original_forward(self, x, lora_A=lora_A, lora_B=lora_B, scaling=scaling, base_layer=base_layer,
-                                 base_result=base_result)
-    # PEFT takes the norm in the input's dtype (the weight cast to it); the factors are exact in fp32.
-    weight_norm = _weight_norm(self, weight, lora_A, lora_B, scaling, x.dtype)
-    mag_norm_scale = (self.weight / weight_norm).view(1, -1)
-    lora_result = lora_B(lora_A(x))
-    if base_result is not None:
-        if base_layer.bias is not None:
-            base_result = base_result - base_layer.bias
-    elif x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
-        base_result = F.linear(x, weight)    # autocast casts both, as it does PEFT's cast copy
-    else:
-        base_result = F.linear(x, weight.to(x.dtype))
-    return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
-
-
 def fast_variant_forward(module, active_adapter, x, result, **kwargs):
     """PEFT's ``DoraLinearVariant.forward`` (the LoRA layer's DoRA step) with its arithmetic in
     fewer operations: ``result + (g - 1) * base + g * s * lora`` (g = magnitude / norm) becomes
@@ -153,14 +131,12 @@ def fast_variant_forward(module, active_adapter, x, result, **kwargs):
 def install(wanted: bool) -> str | None:
     """Put the fast forward in place (or PEFT's back); returns a line saying why it is off when
     it was wanted but the installed PEFT is not the tested one."""
-    global _original_forward, _original_variant_forward, _hook
+    global _original_variant_forward, _hook
     from importlib import metadata
 
-    from peft.tuners.lora.dora import DoraLinearLayer
     from peft.tuners.lora.variants import DoraLinearVariant
 
-    if _original_forward is None:
-        _original_forward = DoraLinearLayer.forward
+    if _original_variant_forward is None:
         _original_variant_forward = DoraLinearVariant.forward
     if _hook is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -168,7 +144,6 @@ def install(wanted: bool) -> str | None:
         _hook = register_optimizer_step_post_hook(_count_step)
     version = metadata.version("peft")
     use = wanted and version in TESTED_PEFT
-    DoraLinearLayer.forward = fast_forward if use else _original_forward
     DoraLinearVariant.forward = staticmethod(fast_variant_forward if use else _original_variant_forward)
     if wanted and not use:
         return (f"tlf: fast DoRA forward off: written and tested for peft {', '.join(TESTED_PEFT)}, "

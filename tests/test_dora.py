@@ -125,15 +125,15 @@ def test_torch_compile_traces_the_forward_without_graph_breaks(tiny_gemma):
 def test_other_peft_versions_keep_pefts_forward(monkeypatch):
     from importlib import metadata
 
-    from peft.tuners.lora.dora import DoraLinearLayer
+    from peft.tuners.lora.variants import DoraLinearVariant
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: "0.99.0" if name == "peft" else real(name))
     message = dora.install(True)
     assert message and "found 0.99.0" in message and "0.18.1" in message
-    assert DoraLinearLayer.forward is not dora.fast_forward
+    assert DoraLinearVariant.forward is not dora.fast_variant_forward
     monkeypatch.setattr(metadata, "version", real)
-    assert dora.install(True) is None and DoraLinearLayer.forward is dora.fast_forward
+    assert dora.install(True) is None and DoraLinearVariant.forward is dora.fast_variant_forward
 
 
 def test_the_rendered_header_asks_for_it(tmp_path):
