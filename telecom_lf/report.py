@@ -30,13 +30,6 @@ class RunRecord:
     losses: list[tuple[int, float]]
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def safetensors_parameters(path: Path) -> int | None:
     """Parameter count from a safetensors header (no tensor is loaded)."""
     try:
@@ -100,8 +93,8 @@ def gather(root: Path) -> tuple[dict, list[RunRecord]]:
     for run in experiment["runs"]:
         run_dir = root / run["name"]
         train_dir = run_dir / rundir.TRAIN_DIR
-        results = _read_json(train_dir / "train_results.json") or {}
-        scores = (_read_json(run_dir / rundir.SCORES) or {}).get("sets", {})
+        results = rundir.read_json(train_dir / "train_results.json") or {}
+        scores = (rundir.read_json(run_dir / rundir.SCORES) or {}).get("sets", {})
         adapter = train_dir / "adapter_model.safetensors"
         weights = adapter if adapter.exists() else train_dir / "model.safetensors"
         log = _trainer_log(train_dir)

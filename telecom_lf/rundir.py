@@ -95,13 +95,13 @@ class Experiment:
 
     def read(self) -> dict:
         """experiment.json: the spec, the predict sets and every run rendered."""
-        record = _read_json(self.root / EXPERIMENT)
+        record = read_json(self.root / EXPERIMENT)
         if not isinstance(record, dict):
             raise TlfError(f"{self.root}: no readable {EXPERIMENT}; render the experiment first")
         return record
 
     def jobs(self) -> list[dict]:
-        history = _read_json(self.root / JOBS)
+        history = read_json(self.root / JOBS)
         return history if isinstance(history, list) else []
 
     def add_jobs(self, record: dict) -> None:
@@ -158,13 +158,14 @@ class Run:
 
 def open_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir).resolve()
-    manifest = _read_json(run_dir / MANIFEST)
+    manifest = read_json(run_dir / MANIFEST)
     if not isinstance(manifest, dict) or "predict_sets" not in manifest:
         raise TlfError(f"{run_dir}: not a rendered run (no readable {MANIFEST}); run `tlf render` first")
     return Run(run_dir, manifest)
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
+    """A JSON file's value, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -187,7 +188,7 @@ def predict_done(run: Run, dataset: str) -> bool:
 def score_done(run: Run) -> bool:
     """Scores exist for every predict set and are newer than every prediction file."""
     path = run.path / SCORES
-    scored = (_read_json(path) or {}).get("sets", {}) if path.exists() else None
+    scored = (read_json(path) or {}).get("sets", {}) if path.exists() else None
     if not isinstance(scored, dict):
         return False
     newest = max((p.stat().st_mtime_ns for p in map(run.predictions, run.predict_sets) if p.exists()), default=0)
@@ -212,13 +213,18 @@ def state(run: Run) -> str:
     if score_done(run):
         return "done"
     records = step_records(run)
-    if any(r.get("state") == "failed" and not link_done(run, name) for name, r in records.items()):
+    if failed_steps(run, records):
         return "failed"
     if run.trains and not train_done(run):
         return "training" if records.get("train", {}).get("state") == "running" or started(run.path) else "rendered"
     if run.predict_sets and all(predict_done(run, s) for s in run.predict_sets):
         return "predicted"
     return "trained" if run.trains else "rendered"
+
+
+def failed_steps(run: Run, records: dict[str, dict]) -> dict[str, dict]:
+    """The step records that say "failed" for a step not redone since."""
+    return {name: r for name, r in records.items() if r.get("state") == "failed" and not link_done(run, name)}
 
 
 def reset(run_dir: Path) -> None:
@@ -238,7 +244,7 @@ def step_records(run: Run) -> dict[str, dict]:
     """The last record of each step: ``steps/<link>.json``."""
     records = {}
     for path in sorted((run.path / STEPS).glob("*.json")):
-        record = _read_json(path)
+        record = read_json(path)
         if isinstance(record, dict):
             records[path.stem] = record
     return records
@@ -254,7 +260,7 @@ def slurm_job_id(env=os.environ) -> str | None:
 def record_step(run: Run, link: str, state_word: str, log: Path | None = None, cause: str | None = None) -> None:
     """A step's state change, with the Slurm job (if any), host and pid that made it."""
     path = run.path / STEPS / f"{link}.json"
-    previous = _read_json(path) if state_word != "running" else None
+    previous = read_json(path) if state_word != "running" else None
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record = {
         "step": link,

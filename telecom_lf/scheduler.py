@@ -210,10 +210,9 @@ def status_lines(experiment: Experiment, run_names: list[str], job_names: dict[s
         run, records, jobs = per_run[name]
         shown = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in jobs.items())
         lines.append(f"{name:36s} {rundir.state(run):9s} {_artifacts(run)}  {shown}".rstrip())
-        for link, record in records.items():
-            if record.get("state") == "failed" and not rundir.link_done(run, link):
-                lines.append(f"    {link} failed: {record.get('cause')}")
-                lines.append(f"    log: {record.get('log')}")
+        for link, record in rundir.failed_steps(run, records).items():
+            lines.append(f"    {link} failed: {record.get('cause')}")
+            lines.append(f"    log: {record.get('log')}")
     if report_job:
         lines.append(f"report job {report_job}: {states.get(report_job, '?')}")
     return lines
