@@ -29,3 +29,58 @@ def register_blog_templates() -> None:
             format_assistant=StringFormatter(slots=["{{content}}", {"eos_token"}]),
             format_system=StringFormatter(slots=["{{content}}\n"]),
         )
+
+
+# Predictions of LLaMA-Factory 0.6 were decoded with clean_up_tokenization_spaces=True (labels
+# with False); 0.9.5 uses the tokenizer's own setting (False for Gemma). A blog-mode predict
+# config asks tlf-lf for 0.6's decoding in its header: `# tlf-lf: decode_predictions=0.6`.
+DECODE_KEY = "decode_predictions"
+_original_save_predictions = None
+
+
+def _cleaned(path: str, clean) -> None:
+    import json
+    import os
+
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    for row in rows:
+        row["predict"] = clean(row["predict"])
+    tmp = f"{path}.tlf-tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+def install_blog_decoding() -> None:
+    """Make 0.9.5's save_predictions clean up the predicted text's spaces as 0.6 did.
+
+    ``clean_up_tokenization_spaces=True`` is ``tokenizer.clean_up_tokenization`` applied to the
+    decoded string, so applying it to each written prediction gives 0.6's text exactly."""
+    global _original_save_predictions
+    from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+
+    if _original_save_predictions is not None:
+        return
+    _original_save_predictions = CustomSeq2SeqTrainer.save_predictions
+
+    def save_predictions(self, dataset, predict_results, *args, **kwargs):
+        _original_save_predictions(self, dataset, predict_results, *args, **kwargs)
+        if self.is_world_process_zero():
+            import os
+
+            _cleaned(os.path.join(self.args.output_dir, "generated_predictions.jsonl"),
+                     self.processing_class.clean_up_tokenization)
+
+    CustomSeq2SeqTrainer.save_predictions = save_predictions
+
+
+def install_for(config_path: str | None) -> None:
+    from .rundir import header_marker
+
+    if header_marker(config_path, DECODE_KEY) == "0.6":
+        import sys
+
+        install_blog_decoding()
+        print("tlf: predictions decoded as LLaMA-Factory 0.6 did (clean_up_tokenization_spaces=True; "
+              f"{DECODE_KEY}=0.6 in the config's header)", file=sys.stderr)

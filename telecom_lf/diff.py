@@ -43,4 +43,9 @@ def table(spec: Spec, run: RunPlan, out: Path, show_all: bool = False) -> pd.Dat
                 default = f"None -> {effective} (2 x lora_rank)" if derived else info.default
                 rows.append({"stage": stage, "argument": name, "value": value, "llamafactory default": default,
                              "differs": "*" if differs else "", "origin": origin})
+    if spec.prompt == "blog" and spec.predict_sets:
+        # Not an argument of LLaMA-Factory: tlf-lf applies it from the predict config's header.
+        rows.append({"stage": "predict", "argument": "clean_up_tokenization_spaces (predictions)", "value": True,
+                     "llamafactory default": "the tokenizer's own (False for Gemma)", "differs": "*",
+                     "origin": "tlf: LLaMA-Factory 0.6's decoding (prompt: blog), via tlf-lf"})
     return pd.DataFrame(rows, columns=["stage", "argument", "value", "llamafactory default", "differs", "origin"])

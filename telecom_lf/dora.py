@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import sys
 
+from .rundir import header_marker
+
 TESTED_PEFT = ("0.18.1",)
 MARKER = "tlf-lf: dora_kernel="       # in a rendered config's header comment
 _original_variant_forward = None
@@ -153,18 +155,7 @@ def install(wanted: bool) -> str | None:
 
 def wanted_by(config_path: str | None) -> bool:
     """Whether a rendered config's header asks for the fast forward (``# tlf-lf: dora_kernel=fast``)."""
-    if not config_path or not config_path.endswith((".yaml", ".yml")):
-        return False
-    try:
-        with open(config_path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.startswith("#"):
-                    break
-                if MARKER in line:
-                    return line.split(MARKER, 1)[1].split()[0] == "fast"
-    except OSError:
-        return False
-    return False
+    return header_marker(config_path, "dora_kernel") == "fast"
 
 
 def install_for(config_path: str | None) -> None:

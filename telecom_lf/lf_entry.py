@@ -52,12 +52,12 @@ def main() -> None:
 
 
 def _prepare(config: str | None) -> None:
-    """In every process that runs LLaMA-Factory: tlf's blog-era templates, and tlf's DoRA forward
-    when the rendered config's header asks for it."""
-    from telecom_lf import dora
-    from telecom_lf.compat import register_blog_templates
+    """In every process that runs LLaMA-Factory: tlf's blog-era templates, and what the rendered
+    config's header asks for: 0.6's prediction decoding, tlf's DoRA forward."""
+    from telecom_lf import compat, dora
 
-    register_blog_templates()
+    compat.register_blog_templates()
+    compat.install_for(config)
     dora.install_for(config)
 
 

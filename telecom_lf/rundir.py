@@ -164,6 +164,24 @@ def open_run(run_dir: Path) -> Run:
     return Run(run_dir, manifest)
 
 
+def header_marker(config_path: str | None, key: str) -> str | None:
+    """The value of ``# tlf-lf: KEY=VALUE`` in a rendered config's header comment: how a rendered
+    YAML tells ``tlf-lf`` what LLaMA-Factory has no argument for (plain llamafactory-cli ignores it)."""
+    if not config_path or not str(config_path).endswith((".yaml", ".yml")):
+        return None
+    marker = f"tlf-lf: {key}="
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.startswith("#"):
+                    break
+                if marker in line:
+                    return (line.split(marker, 1)[1].split() or [""])[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def read_json(path: Path):
     """A JSON file's value, or None when it is missing or unreadable."""
     try:

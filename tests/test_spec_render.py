@@ -512,3 +512,19 @@ def test_fast_profile_sizes_liger_and_micro_batch_by_the_cards_memory(card_gb, l
     config = render_mod.train_config(spec, plan_mod.expand(spec)[0], tmp_path).values()
     assert (config["per_device_train_batch_size"], config.get("enable_liger_kernel")) == expected
     assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == 64
+
+
+def test_blog_mode_predicts_with_the_blog_eras_limits_and_diff_shows_them(blog_data, tiny_gemma, tmp_path):
+    """LLaMA-Factory 0.6: at most 512 new tokens, predictions decoded with
+    clean_up_tokenization_spaces=True. The first is a key; the second a header line tlf-lf reads."""
+    from telecom_lf import compat, rundir
+
+    render(BLOG / "climb-400.yaml", tmp_path, f"model={tiny_gemma}", f"data.dir={blog_data}")
+    run_dir = tmp_path / "blog-climb-400" / "blog-climb-400"
+    predict = next(run_dir.glob("predict-*.yaml"))
+    assert load_yaml(predict)["max_new_tokens"] == 512
+    assert rundir.header_marker(str(predict), compat.DECODE_KEY) == "0.6"
+    assert rundir.header_marker(str(run_dir / "train.yaml"), compat.DECODE_KEY) is None
+    shown = tlf("diff", BLOG / "climb-400.yaml", "--out", tmp_path, f"--set=model={tiny_gemma}",
+                f"--set=data.dir={blog_data}").stdout
+    assert "clean_up_tokenization_spaces" in shown and re.search(r"max_new_tokens\s+512", shown)
