@@ -483,6 +483,137 @@ def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, roo
     click.echo(f"\nreport: {path}")
 
 
+# ---------------------------------------------------------------- using what a study found
+
+TARGET_ARGUMENT = click.argument("target", metavar="SPEC|RUN_DIR", type=click.Path(exists=True, path_type=Path))
+RUN_OPTION = click.option("--run", "run_name", default=None, help="The run of SPEC (not needed with RUN_DIR).")
+CHECKPOINT_OPTION = click.option("--checkpoint", default=None, metavar="STEP",
+                                 help="A kept checkpoint's step instead of the final adapter.")
+
+
+def _experiment_runs(target: Path, out: Path, overrides):
+    """SPEC -> (spec, its rendered runs); RUN_DIR -> (None, [that run])."""
+    from . import plan as plan_mod
+    from . import render as render_mod
+    from . import rundir
+
+    if target.is_dir():
+        return None, [rundir.open_run(target)]
+    spec = _load_spec(target, overrides, require_model=False)
+    where = render_mod.layout(spec, out)
+    return spec, [rundir.open_run(where.run_dir(r.name)) for r in plan_mod.expand(spec)]
+
+
+def _one_run(target: Path, out: Path, run_name: str | None, overrides):
+    spec, runs = _experiment_runs(target, out, overrides)
+    names = [r.name for r in runs]
+    if run_name is None and len(runs) == 1:
+        return spec, runs[0]
+    if run_name is None or run_name not in names:
+        given = "give --run NAME" if run_name is None else f"--run {run_name!r}: no such run"
+        raise TlfError(f"{target}: {given}; runs: {', '.join(names)}")
+    return spec, runs[names.index(run_name)]
+
+
+@main.command()
+@TARGET_ARGUMENT
+@RUN_OPTION
+@RUNS_OUT_OPTION
+@CHECKPOINT_OPTION
+@click.option("--base", is_flag=True, help="Chat with the base model (no adapter), as the blog did before training.")
+@click.option("--raw", is_flag=True, help="Send what you type as the whole prompt (no instruction wrapper).")
+@click.option("--history", is_flag=True, help="Keep the conversation (default: each question asked fresh, as predict).")
+@click.option("--srun", is_flag=True, help="Run the chat on a compute node: srun --pty from SPEC's cluster profile.")
+@SET_OPTION
+def chat(target: Path, run_name: str | None, out: Path, checkpoint: str | None, base: bool, raw: bool,
+         history: bool, srun: bool, overrides) -> None:
+    """Talk to a run's model in the terminal, with its adapter, template, decoding and instruction."""
+    from . import chat as chat_mod
+    from . import use
+
+    spec, run = _one_run(target, out, run_name, overrides)
+    model = use.resolve(run, checkpoint, base)
+    if srun:
+        _chat_on_node(spec, run.path, [f"--checkpoint={checkpoint}"] * bool(checkpoint)
+                      + ["--base"] * base + ["--raw"] * raw + ["--history"] * history)
+    sys.exit(chat_mod.chat(model, raw, history))
+
+
+def _chat_on_node(spec, run_dir: Path, flags: list[str]) -> None:
+    import os
+    import shutil
+
+    from . import chat as chat_mod
+    from . import slurm
+
+    if spec is None or spec.profile is None:
+        raise TlfError("--srun needs SPEC with a cluster profile (cluster: NAME), not a run directory")
+    if shutil.which("srun") is None:
+        raise TlfError("--srun: no `srun` on PATH; run it where Slurm's client commands are")
+    command = chat_mod.srun_command(slurm.interactive_srun(spec.profile, slurm.job_name(spec, "chat")),
+                                    slurm.setup_lines(spec.profile), spec.profile.python or sys.executable,
+                                    [str(run_dir), *flags])
+    sys.stdout.flush()
+    os.execvp(command[0], command)
+
+
+@main.command()
+@spec_options(click.option("--question", "asked", multiple=True, metavar="TEXT",
+                           help="A question (the data's instruction is added). Repeatable."),
+              click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
+                           help="A file: one question per line, or JSON lines {\"question\", \"expected\"}."),
+              click.option("--from", "from_set", metavar="SET", help="Ask the first --rows rows of a registered set."),
+              click.option("--rows", type=click.IntRange(min=1, max=10_000), default=5, show_default=True,
+                           help="Rows taken by --from (and by default, from the first predict set)."),
+              click.option("--raw", is_flag=True, help="Questions are whole prompts (no instruction wrapper)."))
+def probe(spec_path: Path, out: Path, asked, questions_file: Path | None, from_set: str | None, rows: int,
+          raw: bool, overrides) -> None:
+    """The base model and every trained run answer the same questions, side by side (greedy)."""
+    from . import probe as probe_mod
+    from . import render as render_mod
+    from . import use
+
+    spec, runs = _experiment_runs(spec_path, out, overrides)
+    items = [{"question": probe_mod.check_question(q, "--question"), "expected": None} for q in asked]
+    if questions_file is not None:
+        items += probe_mod.read_questions_file(questions_file)
+    wrapper = use.instruction_wrapper(runs[0])
+    questions = probe_mod.questions(runs[0], wrapper, items, from_set, rows, raw)
+    where, table = probe_mod.probe(runs, render_mod.layout(spec, out).report_dir, questions, click.echo)
+    click.echo("")
+    click.echo(table)
+    click.echo(f"\nprobe: {where / 'probe.md'} (and probe.json)")
+
+
+@main.command()
+@TARGET_ARGUMENT
+@RUN_OPTION
+@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="The runs root SPEC was rendered into (render's --out).")
+@click.option("--checkpoint", default=None, metavar="STEP", help="A kept checkpoint's step instead of the final adapter.")
+@click.option("--out", "export_dir", type=click.Path(path_type=Path), required=True, help="The directory to write.")
+@click.option("--rows", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Rows of the run's test set the merged model must answer as the adapter did.")
+@click.option("--allow-diff", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Rows allowed to differ (half-precision merges can flip a near-tie).")
+@click.option("--verify-only", is_flag=True, help="Only check an existing export in --out against the adapter.")
+@click.option("--force", is_flag=True, help="Replace --out when it exists.")
+@SET_OPTION
+def export(target: Path, run_name: str | None, runs_root: Path, checkpoint: str | None, export_dir: Path, rows: int,
+           allow_diff: int, verify_only: bool, force: bool, overrides) -> None:
+    """Merge a run's adapter into a standalone model with a model card, checked against the adapter."""
+    from . import export as export_mod
+    from . import use
+
+    _, run = _one_run(target, runs_root, run_name, overrides)
+    model = use.resolve(run, checkpoint)
+    if verify_only:
+        export_mod.verify_existing(run, model, export_dir, rows, allow_diff, click.echo)
+        return
+    export_mod.export(run, model, export_dir, rows, force, allow_diff, click.echo)
+    click.echo(f"exported {model.label} to {export_dir} (model card: {export_dir / export_mod.CARD})")
+
+
 @main.group()
 def model() -> None:
     """Local models for tests and the demo."""

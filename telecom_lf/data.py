@@ -427,6 +427,7 @@ def render_splits(records: list[dict], categories: list[str], plan: SplitPlan, m
         "source_sha256": sha256_file(Path(source_file)),
         "raw_source": meta.get("source"),
         "raw_source_sha256": meta.get("source_sha256"),
+        "instruction": meta.get("instruction"),
         "class_counts": dict(sorted(Counter(categories).items())),
         "warnings": plan.warnings,
         "excluded_near_duplicates_of_test": plan.excluded,

@@ -63,6 +63,26 @@ def sbatch_lines(profile: Profile, job_name: str, log_dir: Path, array: str | No
     return lines
 
 
+def interactive_srun(profile: Profile, job_name: str) -> list[str]:
+    """``srun`` options for one interactive task with one card (chat), from the same profile."""
+    command = ["srun", f"--job-name={job_name}", "--nodes=1", "--ntasks=1", f"--cpus-per-task={profile.cpus_per_gpu}"]
+    if profile.partition:
+        command.append(f"--partition={profile.partition}")
+    if profile.gres and profile.gpus_per_node:
+        command.append(f"--gres={profile.gres}:1")
+    command.append(f"--time={profile.time}")
+    command += [f"--{key}={getattr(profile, key)}" for key in ("mem", "account", "qos", "constraint")
+                if getattr(profile, key)]
+    return command
+
+
+def setup_lines(profile: Profile) -> list[str]:
+    """The profile's site set-up and environment, as the job scripts run them."""
+    lines = list(map(str, profile.setup))
+    lines += [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(profile.env.items())]
+    return lines
+
+
 def job_name(spec: Spec, run_name: str) -> str:
     """The run's name first: squeue's default 8-character NAME column then tells runs apart."""
     name = f"{run_name}-{spec.name}"

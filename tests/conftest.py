@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,47 @@ train: {{lora_rank: 4, num_train_epochs: 1.0, cutoff_len: 128{train}}}
 predict: {{max_samples: 4, max_new_tokens: 8, per_device_eval_batch_size: 4}}
 {extra}""", encoding="utf-8")
     return path
+
+
+class Terminal:
+    """A program in a real pseudo-terminal: type keys, read the screen, wait for its exit."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execv(argv[0], argv)
+        self.screen = b""
+        self.cursor = 0          # what the test has read so far
+
+    def read_until(self, text: str, timeout: float = 180) -> str:
+        """The screen from the cursor up to and including ``text``; the cursor moves past it."""
+        end = time.monotonic() + timeout
+        start = self.cursor
+        while text.encode() not in self.screen[start:]:
+            if time.monotonic() > end:
+                raise AssertionError(f"no {text!r} on the screen after {timeout} s:\n{self.screen.decode(errors='replace')[-3000:]}")
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                try:
+                    self.screen += os.read(self.fd, 65536)
+                except OSError:
+                    break
+        self.cursor = self.screen.index(text.encode(), start) + len(text.encode())
+        return self.screen[start:self.cursor].decode(errors="replace")
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def exit_code(self, timeout: float = 60) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 65536)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError("the program did not exit")

@@ -10,7 +10,8 @@ from conftest import tlf_bin
 from telecom_lf import __version__
 
 pytestmark = pytest.mark.unit
-COMMANDS = ["data", "demo", "diff", "model", "render", "report", "run", "score", "spec", "status", "step", "submit"]
+COMMANDS = ["chat", "data", "demo", "diff", "export", "model", "probe", "render", "report", "run", "score", "spec", "status",
+            "step", "submit"]
 
 
 def run(*args) -> subprocess.CompletedProcess:

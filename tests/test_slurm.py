@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import spec_file, tlf_bin
+from conftest import Terminal, spec_file, tlf_bin
 
 pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -242,3 +242,24 @@ def test_submit_sh_chain_cancels_on_failure_and_resubmitting_done_work_queues_no
     again = tlf("submit", good, "--out", tmp_path / "runs")
     assert "nothing to do" in again.stdout
     assert not (tmp_path / "runs" / "good" / "jobs.json").exists()
+
+
+def test_chat_on_a_compute_node_through_srun_pty(tiny_gemma, telecom_dir, tmp_path):
+    """`tlf chat --srun`: the chat runs inside an allocation from the spec's profile and
+    answers as the run's predict step did."""
+    spec = spec_file(tmp_path / "talk.yaml", tiny_gemma, telecom_dir, extra="decoding: greedy\n")
+    tlf("run", spec, "--out", tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "talk" / "talk"
+    rows = [json.loads(line) for line in
+            (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    question = json.loads((telecom_dir / "telecom_test_100.json").read_text(encoding="utf-8"))[0]["instruction"]
+    terminal = Terminal([tlf_bin(), "chat", str(spec), "--out", str(tmp_path / "runs"), "--srun", "--raw"])
+    banner = terminal.read_until("Type a question")
+    assert "Slurm job" in banner and "on node" in banner, banner
+    terminal.read_until("You: ")
+    terminal.type(question + "\n")
+    terminal.read_until("Model: ")
+    answer = terminal.read_until("You: ").removesuffix("You: ").replace("\r\n", "\n").strip()
+    assert answer == rows[0]["predict"].strip()
+    terminal.type("\x04")
+    assert terminal.exit_code() == 0

@@ -1,0 +1,160 @@
+"""Using what a run trained: which weights, template, decoding and prompt wrapper.
+
+``tlf chat``, ``tlf probe`` and ``tlf export`` all start here, so the three talk to exactly
+what the run's predict step used: its base model, its adapter (the final one or a chosen
+checkpoint), its template (blog-era templates included), its decoding, and the instruction
+the data wrapped every question in. Nothing is re-derived from the spec: the run's own
+rendered predict YAML is the source, as it is for the predict step itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import rundir
+from .errors import TlfError
+from .rundir import Run
+
+# The keys of a rendered config that say what answers: the model and adapter, the prompt
+# template, the fine-tuning type, and LLaMA-Factory's GeneratingArguments.
+MODEL_KEYS = ("model_name_or_path", "adapter_name_or_path", "template", "finetuning_type", "trust_remote_code")
+GENERATING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "num_beams", "max_length", "max_new_tokens",
+                   "repetition_penalty", "length_penalty", "skip_special_tokens", "enable_thinking")
+CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """What answers a question: ``args`` are LLaMA-Factory inference arguments."""
+    label: str                      # "base" or the run's name, with "@checkpoint-N" when chosen
+    args: dict
+    wrapper: str | None             # the data's instruction, with {question}; None: type whole prompts
+    precision: dict = field(default_factory=dict)   # fp16/bf16 as the predict step ran
+
+    @property
+    def adapter(self) -> str | None:
+        return self.args.get("adapter_name_or_path")
+
+
+def _predict_config(run: Run) -> tuple[Path, dict]:
+    """The run's first predict YAML (or train.yaml when the run predicts nothing)."""
+    candidates = [run.config(f"predict-{s}") for s in run.predict_sets] + [run.config("train")]
+    for path in candidates:
+        if path.is_file():
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as error:
+                raise TlfError(f"{path}: not readable as YAML ({error}); re-render the run") from None
+            if isinstance(loaded, dict):
+                return path, loaded
+    raise TlfError(f"{run.path}: no rendered predict or train YAML; run `tlf render` first")
+
+
+def checkpoints(run: Run) -> list[int]:
+    """Steps of the run's saved checkpoints that hold weights, in order."""
+    steps = []
+    if run.train_dir.is_dir():
+        for child in run.train_dir.iterdir():
+            match = CHECKPOINT.match(child.name)
+            if match and any((child / name).exists() for name in rundir.WEIGHT_FILES):
+                steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def _adapter_dir(run: Run, checkpoint: str | None) -> tuple[Path, str]:
+    """The adapter to load and its label; refuses a run not trained yet or an unknown step."""
+    if not rundir.train_done(run):
+        raise TlfError(f"run {run.name} is not trained yet ({run.train_dir} has no final weights); "
+                       f"train it first (`tlf run` or `tlf submit`), or use --base")
+    if checkpoint in (None, "last", "final"):
+        return run.train_dir, run.name
+    if checkpoint == "best":
+        raise TlfError("--checkpoint best needs a checkpoint selection (`select:` in the spec), "
+                       "which this run does not have; give a step number or leave it out for the final adapter")
+    valid = checkpoints(run)
+    listing = ", ".join(map(str, valid)) or "none kept"
+    if not checkpoint.isdigit() or int(checkpoint) not in valid:
+        raise TlfError(f"--checkpoint {checkpoint!r}: no such checkpoint of run {run.name}; "
+                       f"kept steps: {listing} (or leave it out for the final adapter)")
+    return run.train_dir / f"checkpoint-{int(checkpoint)}", f"{run.name}@checkpoint-{int(checkpoint)}"
+
+
+def resolve(run: Run, checkpoint: str | None = None, base: bool = False) -> RunModel:
+    """The model, adapter, template and decoding the run's predict step used."""
+    source, config = _predict_config(run)
+    args = {k: config[k] for k in (*MODEL_KEYS, *GENERATING_KEYS) if k in config}
+    args.pop("adapter_name_or_path", None)
+    precision = {k: config[k] for k in ("fp16", "bf16") if config.get(k)}
+    label = "base"
+    if base:
+        if checkpoint is not None:
+            raise TlfError("--base and --checkpoint exclude each other: the base model has no checkpoints")
+        args["model_name_or_path"] = run.model_path
+    elif run.trains:
+        adapter, label = _adapter_dir(run, checkpoint)
+        if config.get("finetuning_type", "lora") == "lora":
+            args["adapter_name_or_path"] = str(adapter)
+        else:
+            args["model_name_or_path"] = str(adapter)   # full/freeze fine-tuning saves a whole model
+    elif checkpoint is not None:
+        raise TlfError(f"run {run.name} trains nothing (it predicts with the base model): no checkpoints")
+    if "model_name_or_path" not in args:
+        raise TlfError(f"{source}: no model_name_or_path; re-render the run")
+    return RunModel(label, args, instruction_wrapper(run), precision)
+
+
+def infer_args(model: RunModel) -> dict:
+    """LLaMA-Factory inference arguments (chat, export): the run's, in the precision its
+    predict step ran (fp16/bf16 there are TrainingArguments; inference reads infer_dtype)."""
+    args = dict(model.args)
+    for flag, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
+        if model.precision.get(flag):
+            args["infer_dtype"] = dtype
+    return args
+
+
+def instruction_wrapper(run: Run) -> str | None:
+    """The instruction template the run's data was written with (``... {question} ...``), read
+    from the split manifest or the imported file's meta; None when the data did not record one."""
+    manifest = rundir.read_json(run.split_manifest) if run.split_manifest else None
+    if not isinstance(manifest, dict):
+        return None
+    wrapper = manifest.get("instruction")
+    if not isinstance(wrapper, str) and isinstance(manifest.get("source"), str):
+        source = Path(manifest["source"])
+        meta = rundir.read_json(source.with_name(source.stem + ".meta.json"))
+        wrapper = meta.get("instruction") if isinstance(meta, dict) else None
+    return wrapper if isinstance(wrapper, str) and "{question}" in wrapper else None
+
+
+def wrap(model: RunModel, question: str, raw: bool = False) -> str:
+    """The user turn the run saw for ``question``: the data's instruction around it."""
+    if raw or model.wrapper is None:
+        return question
+    return model.wrapper.replace("{question}", question)
+
+
+# ---------------------------------------------------------------- registered data sets
+
+
+def dataset_rows(dataset_dir: Path, name: str) -> list[dict]:
+    """The Alpaca records of a set registered in ``dataset_dir/dataset_info.json``."""
+    info = rundir.read_json(dataset_dir / "dataset_info.json")
+    if not isinstance(info, dict) or not isinstance(info.get(name), dict):
+        known = ", ".join(sorted(info)) if isinstance(info, dict) else "none"
+        raise TlfError(f"data set {name!r} is not registered in {dataset_dir / 'dataset_info.json'}; "
+                       f"registered: {known[:400]}")
+    file_name = info[name].get("file_name")
+    path = (dataset_dir / str(file_name)).resolve()
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise TlfError(f"{path}: data set {name!r} is not readable JSON ({error})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "instruction" in r for r in records):
+        raise TlfError(f"{path}: expected a list of Alpaca records with 'instruction'")
+    return records
