@@ -558,31 +558,66 @@ def _chat_on_node(spec, run_dir: Path, flags: list[str]) -> None:
 
 
 @main.command()
-@spec_options(click.option("--question", "asked", multiple=True, metavar="TEXT",
-                           help="A question (the data's instruction is added). Repeatable."),
-              click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
-                           help="A file: one question per line, or JSON lines {\"question\", \"expected\"}."),
-              click.option("--from", "from_set", metavar="SET", help="Ask the first --rows rows of a registered set."),
-              click.option("--rows", type=click.IntRange(min=1, max=10_000), default=5, show_default=True,
-                           help="Rows taken by --from (and by default, from the first predict set)."),
-              click.option("--raw", is_flag=True, help="Questions are whole prompts (no instruction wrapper)."))
-def probe(spec_path: Path, out: Path, asked, questions_file: Path | None, from_set: str | None, rows: int,
-          raw: bool, overrides) -> None:
+@click.argument("spec_path", metavar="SPEC", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@RUNS_OUT_OPTION
+@click.option("--question", "asked", multiple=True, metavar="TEXT", help="A question (the data's instruction is added). Repeatable.")
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A file: one question per line, or JSON lines {\"question\", \"expected\"}.")
+@click.option("--from", "from_set", metavar="SET", help="Ask the first --rows rows of a registered set.")
+@click.option("--rows", type=click.IntRange(min=1, max=10_000), default=5, show_default=True,
+              help="Rows taken by --from (and by default, from the first predict set).")
+@click.option("--raw", is_flag=True, help="Questions are whole prompts (no instruction wrapper).")
+@click.option("--submit", is_flag=True, help="Run it as one Slurm job from SPEC's cluster profile; returns at once.")
+@click.option("--request", type=click.Path(dir_okay=False, path_type=Path),
+              help="Answer a probe prepared earlier (its probe_request.json): what a submitted job runs.")
+@SET_OPTION
+def probe(spec_path: Path | None, out: Path, asked, questions_file: Path | None, from_set: str | None, rows: int,
+          raw: bool, submit: bool, request: Path | None, overrides) -> None:
     """The base model and every trained run answer the same questions, side by side (greedy)."""
+    from . import probe as probe_mod
+
+    if request is not None:
+        runs, questions = probe_mod.load_request(request)
+        where = request.resolve().parent
+    else:
+        spec, runs, where, questions = _prepare_probe(spec_path, out, asked, questions_file, from_set, rows, raw,
+                                                      overrides)
+        if submit:
+            _submit_probe(spec, where)
+            return
+    table = probe_mod.probe(runs, where, questions, click.echo)
+    click.echo("")
+    click.echo(table)
+    click.echo(f"\nprobe: {where / 'probe.md'} (and probe.json)")
+
+
+def _prepare_probe(spec_path, out, asked, questions_file, from_set, rows, raw, overrides):
     from . import probe as probe_mod
     from . import render as render_mod
     from . import use
 
+    if spec_path is None:
+        raise TlfError("give SPEC (or --request PROBE_DIR/probe_request.json)")
     spec, runs = _experiment_runs(spec_path, out, overrides)
     items = [{"question": probe_mod.check_question(q, "--question"), "expected": None} for q in asked]
     if questions_file is not None:
         items += probe_mod.read_questions_file(questions_file)
-    wrapper = use.instruction_wrapper(runs[0])
-    questions = probe_mod.questions(runs[0], wrapper, items, from_set, rows, raw)
-    where, table = probe_mod.probe(runs, render_mod.layout(spec, out).report_dir, questions, click.echo)
-    click.echo("")
-    click.echo(table)
-    click.echo(f"\nprobe: {where / 'probe.md'} (and probe.json)")
+    questions = probe_mod.questions(runs[0], use.instruction_wrapper(runs[0]), items, from_set, rows, raw)
+    where = probe_mod.prepare(runs, render_mod.layout(spec, out).report_dir, questions)
+    return spec, runs, where, questions
+
+
+def _submit_probe(spec, where: Path) -> None:
+    from . import probe as probe_mod
+    from . import scheduler, slurm
+    from .fsutil import atomic_write
+
+    if spec.profile is None:
+        raise TlfError(f"{spec.where('cluster')}: --submit needs a cluster profile (e.g. cluster: dcu)")
+    script = where / probe_mod.JOB_SCRIPT
+    atomic_write(script, slurm.probe_script(spec, where, where / probe_mod.REQUEST))
+    job = scheduler.submit_script(script)
+    click.echo(f"probe job {job}: {script}; answers go to {where / 'probe.md'} (log beside it)")
 
 
 @main.command()

@@ -12,18 +12,20 @@ questions reuses every finished answer, and a new run only adds its own.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
-from . import executor, use
+from . import executor, rundir, use
 from .errors import Failed, TlfError
 from .fsutil import atomic_write, sha256_bytes
 from .rundir import Run
 from .use import RunModel
 
 DATASET = "tlf_probe"
+REQUEST = "probe_request.json"
+JOB_SCRIPT = "probe.sbatch"
 MAX_QUESTIONS = 10_000
 MAX_QUESTION_CHARS = 20_000
 
@@ -241,10 +243,32 @@ def markdown_table(asked: list[Question], answers: dict[str, list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe(runs: list[Run], report_dir: Path, asked: list[Question], echo) -> tuple[Path, str]:
-    """Every member answers every question; writes probe.md/probe.json; returns (dir, table)."""
+def prepare(runs: list[Run], report_dir: Path, asked: list[Question]) -> Path:
+    """The probe's directory: its data set and ``probe_request.json`` (what a submitted job reads)."""
     where = probe_dir(report_dir, asked)
     _write_dataset(where, asked)
+    request = {"runs": [str(r.path) for r in runs], "questions": [asdict(q) for q in asked]}
+    atomic_write(where / REQUEST, json.dumps(request, ensure_ascii=False, indent=1) + "\n")
+    return where
+
+
+def load_request(path: Path) -> tuple[list[Run], list[Question]]:
+    """A probe prepared earlier (``--request``): its runs and questions."""
+    from .rundir import open_run
+
+    request = rundir.read_json(path)
+    try:
+        runs = [open_run(Path(p)) for p in request["runs"]]
+        asked = [Question(str(q["prompt"]), str(q["shown"]), q["expected"]) for q in request["questions"]]
+    except (TypeError, KeyError) as error:
+        raise TlfError(f"{path}: not a probe request written by tlf probe ({error})") from None
+    if not runs or not asked:
+        raise TlfError(f"{path}: a probe request needs runs and questions")
+    return runs, asked
+
+
+def probe(runs: list[Run], where: Path, asked: list[Question], echo) -> str:
+    """Every member answers every question; writes probe.md/probe.json; returns the terminal table."""
     answers = {}
     for member in members(runs, echo):
         answers[member.label] = answer(where, member, len(asked), echo)
@@ -252,4 +276,4 @@ def probe(runs: list[Run], report_dir: Path, asked: list[Question], echo) -> tup
                "answers": {label: given[i] for label, given in answers.items()}} for i, q in enumerate(asked)]
     atomic_write(where / "probe.json", json.dumps(record, ensure_ascii=False, indent=2) + "\n")
     atomic_write(where / "probe.md", markdown_table(asked, answers))
-    return where, terminal_table(asked, answers)
+    return terminal_table(asked, answers)

@@ -72,6 +72,11 @@ def _sbatch(args: list[str]) -> str:
     return job
 
 
+def submit_script(script: Path) -> str:
+    """``sbatch SCRIPT``: its job id."""
+    return _sbatch([str(script)])
+
+
 def test_only(scripts: list[Path]) -> list[tuple[Path, int, str]]:
     """``sbatch --test-only`` on each script: (script, exit code, Slurm's message)."""
     results = []

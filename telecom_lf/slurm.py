@@ -8,6 +8,7 @@ from the same chain description (``rundir.chain``) that ``tlf submit`` walks.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import sys
@@ -117,6 +118,16 @@ def _shell_chain(run_name: str, links: list) -> tuple[str, list[dict], str]:
               "after": "afterok:" + ":".join(f"${var[a]}" for a in link.after) if link.after else ""}
              for link in links]
     return run_name, shell, var[links[-1].name]
+
+
+def probe_script(spec: Spec, where: Path, request: Path) -> bytes:
+    """One job that answers a prepared probe (``tlf probe --submit``)."""
+    one_card = dataclasses.replace(spec.profile, nodes=1, gpus_per_node=min(1, spec.profile.gpus_per_node),
+                                   requeue=False)   # a probe is short: no requeue, no resume
+    script = _environment().get_template("probe.sbatch.j2").render(
+        **_step_context(one_card), tlf_version=__version__, spec_path=str(spec.path),
+        sbatch_lines=sbatch_lines(one_card, job_name(spec, "probe"), where), request=str(request))
+    return script.encode("utf-8")
 
 
 def experiment_files(spec: Spec, runs: list, root: Path) -> dict[Path, bytes]:

@@ -91,3 +91,18 @@ def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, 
     line = next((i + 1 for i, t in enumerate(text) if t.startswith("  ")), None) if "{line}" in message else None
     assert result.returncode == 2 and message.format(line=line) in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_probe_job_asks_for_one_card_no_requeue_and_quotes_the_request(tiny_gemma, telecom_dir, tmp_path):
+    from telecom_lf import slurm
+    from telecom_lf import spec as spec_mod
+
+    spec_path = spec_file(tmp_path / "p.yaml", tiny_gemma, telecom_dir,
+                          extra="slurm: {gpus_per_node: 4, nodes: 2, setup: ['export X=$UNSET_BY_SITE']}\n")
+    spec = spec_mod.load(spec_path, [])
+    request = tmp_path / "probe $(touch pwned)" / "probe_request.json"
+    script = slurm.probe_script(spec, tmp_path, request).decode()
+    assert "#SBATCH --gres=dcu:1\n" in script and "#SBATCH --nodes=1\n" in script
+    assert "--requeue" not in script and "set -u" not in script   # site set-up may extend unset variables
+    last = script.rstrip().splitlines()[-1]
+    assert last.endswith("probe --request '" + str(request) + "'")

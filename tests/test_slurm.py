@@ -263,3 +263,20 @@ def test_chat_on_a_compute_node_through_srun_pty(tiny_gemma, telecom_dir, tmp_pa
     assert answer == rows[0]["predict"].strip()
     terminal.type("\x04")
     assert terminal.exit_code() == 0
+
+
+def test_probe_submitted_as_one_job_answers_like_the_local_probe(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "ask.yaml", tiny_gemma, telecom_dir, extra="decoding: greedy\n")
+    runs = tmp_path / "runs"
+    tlf("run", spec, "--out", runs)
+    submitted = tlf("probe", spec, "--out", runs, "--from", "telecom_test_100", "--rows", "3", "--submit").stdout
+    job = submitted.split("probe job ", 1)[1].split(":", 1)[0]
+    assert wait_final([job]) == {job: "COMPLETED"}
+    [where] = list((runs / "ask" / "report" / "probe").iterdir())
+    record = json.loads((where / "probe.json").read_text(encoding="utf-8"))
+    predictions = [json.loads(line)["predict"] for line in
+                   (runs / "ask" / "ask" / "predict-telecom_test_100" / "generated_predictions.jsonl")
+                   .read_text(encoding="utf-8").splitlines()]
+    assert [r["answers"]["ask"] for r in record] == predictions[:3] and all("base" in r["answers"] for r in record)
+    local = tlf("probe", spec, "--out", runs, "--from", "telecom_test_100", "--rows", "3").stdout
+    assert local.count("answers exist") == 2            # the job's answers are reused, none redone
