@@ -293,27 +293,30 @@ def diff(spec_path: Path, out: Path, run_name: str | None, show_all: bool, overr
               help="Train with one srun task per node on this many nodes (multi-card Slurm jobs).")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --srun-nodes: training processes (cards) per node.")
-def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per_node: int) -> None:
+@click.option("--wait", is_flag=True, help="If another worker holds the run, wait for it instead of refusing.")
+def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per_node: int, wait: bool) -> None:
     """Run steps of one rendered run: all | train | predict SET | score (the sbatch entry point).
 
     A step whose outputs are complete is skipped, so a requeued job goes on where it stopped.
     """
     from . import executor
 
-    executor.step(run_dir, list(what), executor.Launch(srun_nodes=srun_nodes, nproc_per_node=nproc_per_node))
+    executor.step(run_dir, list(what), executor.Launch(srun_nodes=srun_nodes, nproc_per_node=nproc_per_node),
+                  wait=wait)
 
 
 @main.command()
 @spec_options(click.option("--only", "only", multiple=True, help="Run only this run (repeatable)."),
-              click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first."))
-def run(spec_path: Path, out: Path, only, force: bool, overrides) -> None:
+              click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first."),
+              click.option("--wait", is_flag=True, help="Wait for another worker on a run instead of refusing."))
+def run(spec_path: Path, out: Path, only, force: bool, wait: bool, overrides) -> None:
     """Render SPEC and run every step locally, without Slurm, then write the report."""
-    _run_spec(_load_spec(spec_path, overrides), out, only, force)
+    _run_spec(_load_spec(spec_path, overrides), out, only, force, wait)
 
 
-def _run_spec(spec, out: Path, only=(), force: bool = False):
+def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False):
+    from . import executor, scheduler
     from . import render as render_mod
-    from . import rundir, scheduler
 
     runs, files = render_mod.plan_and_render(spec, out)
     names = [r.name for r in runs]
@@ -325,10 +328,11 @@ def _run_spec(spec, out: Path, only=(), force: bool = False):
     changed = render_mod.plan_writes(files, force)
     if force:
         for name in selected:
-            rundir.reset(where.run_dir(name))
+            if where.run_dir(name).is_dir():
+                executor.reset_run(where.run_dir(name), wait)
     render_mod.write_files(files, force, changed)
     try:
-        result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True))
+        result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True), wait)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
         sys.exit(130)
@@ -371,8 +375,8 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     One run or a model comparison: per run train -> predict(s) -> score chained with afterok.
     A sweep: one job array (--array=...%K). Then one report job after everything.
     """
+    from . import executor, rundir, scheduler
     from . import render as render_mod
-    from . import rundir, scheduler
 
     spec = _load_spec(spec_path, overrides)
     if spec.profile is None:
@@ -381,7 +385,8 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     where = render_mod.layout(spec, out)
     changed = render_mod.plan_writes(files, force)
     for run_dir in {p.parent for p in changed if p.name != rundir.MANIFEST and p.parent.parent == where.root}:
-        rundir.reset(run_dir)  # --force: results of an older rendering must not pass as this one's
+        if run_dir.is_dir():
+            executor.reset_run(run_dir)  # --force: results of an older rendering must not pass as this one's
     render_mod.write_files(files, force, changed)
     names = [r.name for r in runs]
     if test_only:

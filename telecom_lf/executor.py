@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import lfargs, rundir, score
+from . import lfargs, lock, rundir, score
 from .errors import Failed, TlfError
 from .fsutil import atomic_write
 from .rundir import Run
@@ -289,9 +289,24 @@ def _categories(run: Run, dataset: str) -> list[str] | None:
         return None
 
 
-def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print) -> None:
-    """``all`` or one link of the run's chain: ``train`` | ``predict SET`` | ``score``."""
+def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, wait: bool = False) -> None:
+    """``all`` or one link of the run's chain: ``train`` | ``predict SET`` | ``score``, holding the
+    run's lock, on the files manifest.json recorded."""
+    rundir.refuse_symlinks(run_dir)
     run = rundir.open_run(run_dir)
+    with lock.hold(run.path, f"tlf step {' '.join(what) or 'all'} of {run.name}", wait):
+        rundir.check_rendered(run)
+        _steps(run, what, launch, echo)
+
+
+def reset_run(run_dir: Path, wait: bool = False) -> None:
+    """--force: clear a run's outputs, never under a worker that is still writing them."""
+    rundir.refuse_symlinks(run_dir)
+    with lock.hold(Path(run_dir), f"--force reset of {Path(run_dir).name}", wait):
+        rundir.reset(Path(run_dir))
+
+
+def _steps(run: Run, what: list[str], launch: Launch, echo) -> None:
     if not what or what == ["all"]:
         links = run.chain()
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import rundir
+from . import lock, rundir
 from .fsutil import atomic_write
 
 METRICS = ["acc", "long_recall", "rouge-1", "bleu-4", "item_f1"]
@@ -241,6 +241,8 @@ def write_report(root: Path, out: Path | None = None) -> tuple[Path, pd.DataFram
     lines += [f"![{name}]({name})" for name in images]
     files["report.md"] = ("\n".join(lines) + "\n").encode("utf-8")
     files.update(images)
-    for name, blob in files.items():
-        atomic_write(out / name, blob)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock.hold(out, f"tlf report of {experiment['experiment']}", wait=True):   # short: queue, never refuse
+        for name, blob in files.items():
+            atomic_write(out / name, blob)
     return out / "report.md", table

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TlfError
-from .fsutil import atomic_write
+from .fsutil import atomic_write, sha256_file
 
 TRAIN_FILE = "train.yaml"
 TRAIN_DIR = "train"
@@ -162,6 +162,31 @@ def open_run(run_dir: Path) -> Run:
     if not isinstance(manifest, dict) or "predict_sets" not in manifest:
         raise TlfError(f"{run_dir}: not a rendered run (no readable {MANIFEST}); run `tlf render` first")
     return Run(run_dir, manifest)
+
+
+def refuse_symlinks(run_dir: Path) -> None:
+    """A run (or experiment) directory that is a symbolic link may hold another tree's results."""
+    run_dir = Path(run_dir).absolute()
+    for path in (run_dir, run_dir.parent):
+        if path.is_symlink():
+            raise TlfError(f"{path}: is a symbolic link (to {os.readlink(path)}); tlf works only in the "
+                           "directories it rendered: render into the real location instead")
+
+
+def check_rendered(run: Run) -> None:
+    """Refuse to work on a run whose rendered files are not the ones manifest.json recorded:
+    results must match the config they are reported with."""
+    changed = []
+    for name, digest in (run.manifest.get("files") or {}).items():
+        path = run.path / name
+        if not path.is_file():
+            changed.append(f"{name} (missing)")
+        elif sha256_file(path) != digest:
+            changed.append(name)
+    if changed:
+        raise TlfError(f"{run.path}: {', '.join(changed)} changed since rendering (manifest.json holds each "
+                       "rendered file's hash), so results would not match the config; re-render the spec "
+                       "(`tlf render SPEC --force`) or restore the file")
 
 
 def header_marker(config_path: str | None, key: str) -> str | None:

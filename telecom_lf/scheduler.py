@@ -35,7 +35,7 @@ class LocalResult:
     failures: list[str]
 
 
-def run_local(experiment: Experiment, run_names: list[str], echo, warn) -> LocalResult:
+def run_local(experiment: Experiment, run_names: list[str], echo, warn, wait: bool = False) -> LocalResult:
     """Every link of every run's chain in order, here; then the report. A failed run does not
     stop the others; Ctrl-C does (finished steps are kept, the next call goes on)."""
     failures = []
@@ -43,7 +43,7 @@ def run_local(experiment: Experiment, run_names: list[str], echo, warn) -> Local
         echo(f"[{index}/{len(run_names)}] {name}")
         try:
             executor.step(experiment.run_dir(name), ["all"], executor.Launch(quiet=True),
-                          echo=lambda message: echo(f"  {message}"))
+                          echo=lambda message: echo(f"  {message}"), wait=wait)
         except executor.StepFailed as error:
             warn(f"  FAILED: {error}")
             failures.append(name)

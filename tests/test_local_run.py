@@ -68,7 +68,8 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
     assert not (train_dir / "train_results.json").exists(), "training was meant to be interrupted"
     assert not (out / "resume" / "r4" / "scores.json").exists()
     # atomic_write's temporary files are named .<name>.<random>: none may be left behind
-    assert not list((out / "resume").glob("report/.*")) and not list((out / "resume").glob("*/.*"))
+    hidden = [p for p in [*(out / "resume").glob("report/.*"), *(out / "resume").glob("*/.*")] if p.name != ".tlf-lock"]
+    assert not hidden
 
     again = subprocess.run([tlf_bin(), "run", spec, "--out", out], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
@@ -96,3 +97,28 @@ def test_incomplete_checkpoints_are_set_aside_not_deleted(tmp_path):
     assert sorted(p.name for p in moved) == ["checkpoint-20.incomplete", "checkpoint-30.incomplete"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20.incomplete",
                                                           "checkpoint-30.incomplete"]
+
+
+def test_two_launchers_on_one_run_exactly_one_trains(tiny_gemma, telecom_dir, tmp_path):
+    """A second `tlf run` of the same spec while the first trains: refused at once, naming the
+    holder; the first finishes and its trainer log holds each step once."""
+    spec = _spec(tmp_path / "twice.yaml", tiny_gemma, telecom_dir)
+    out = tmp_path / "runs"
+    first = subprocess.Popen([tlf_bin(), "run", spec, "--out", out, "--only", "r2"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    train_dir = out / "resume" / "r2" / "train"   # _spec names the experiment "resume"
+    _wait_for(lambda: (train_dir / "trainer_log.jsonl").exists(), 300, "r2's training to start")
+    started = time.monotonic()
+    second = subprocess.run([tlf_bin(), "run", spec, "--out", out, "--only", "r2"], capture_output=True, text=True)
+    assert second.returncode == 2, second.stderr
+    assert "is working on it" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
+    assert time.monotonic() - started < 60             # refused at once, not after training
+    assert first.wait(timeout=600) == 0, first.communicate()[1]
+    logged = [json.loads(line) for line in (train_dir / "trainer_log.jsonl").read_text().splitlines()]
+    steps = [entry["current_steps"] for entry in logged if "loss" in entry]    # the last line repeats the step, no loss
+    assert len(steps) == len(set(steps)) and len(logged) <= len(steps) + 1
+
+    # --wait queues behind the holder instead: here nothing is left to do
+    waited = subprocess.run([tlf_bin(), "run", spec, "--out", out, "--only", "r2", "--wait"],
+                            capture_output=True, text=True)
+    assert waited.returncode == 0 and "done already, skipped" in waited.stdout

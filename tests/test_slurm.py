@@ -280,3 +280,51 @@ def test_probe_submitted_as_one_job_answers_like_the_local_probe(tiny_gemma, tel
     assert [r["answers"]["ask"] for r in record] == predictions[:3] and all("base" in r["answers"] for r in record)
     local = tlf("probe", spec, "--out", runs, "--from", "telecom_test_100", "--rows", "3").stdout
     assert local.count("answers exist") == 2            # the job's answers are reused, none redone
+
+
+def test_a_job_and_a_local_run_on_one_run_exactly_one_trains(tiny_gemma, telecom_dir, tmp_path):
+    """A plain `sbatch job.sbatch` trains; a local `tlf run` of the same spec meanwhile is refused
+    at once, naming the job; the job's training is the only one in the trainer log."""
+    spec = spec_file(tmp_path / "both.yaml", tiny_gemma, telecom_dir, train=", per_device_train_batch_size: 1")
+    out = tmp_path / "runs"
+    tlf("render", spec, "--out", out)
+    run_dir = out / "both" / "both"
+    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    record = run_dir / "steps" / "train.json"
+    end = time.monotonic() + 300
+    while not (record.exists() and json.loads(record.read_text())["state"] == "running"):
+        assert time.monotonic() < end and state(job) not in FINAL, f"job {job} never started training"
+        time.sleep(0.3)
+    local = tlf("run", spec, "--out", out, check=False)
+    assert local.returncode == 2 and f"Slurm job {job}" in local.stderr and "is working on it" in local.stderr, \
+        local.stdout + local.stderr
+    assert wait_final([job])[job] == "COMPLETED"
+    logged = [json.loads(line) for line in (run_dir / "train" / "trainer_log.jsonl").read_text().splitlines()]
+    steps = [entry["current_steps"] for entry in logged if "loss" in entry]
+    assert steps and len(steps) == len(set(steps))
+    assert json.loads(record.read_text())["job_id"] == job
+
+
+def test_site_setup_lines_may_extend_unset_variables_and_a_failing_one_fails_the_job(tiny_gemma, telecom_dir,
+                                                                                       tmp_path):
+    setup = ("slurm: {setup: ['export TLF_SITE_LIB=/opt/site/lib:$TLF_NEVER_SET_BY_ANYONE', "
+             "'echo \"site set-up ran: $TLF_SITE_LIB\" >&2']}\n")
+    spec = spec_file(tmp_path / "site.yaml", tiny_gemma, telecom_dir, extra=setup)
+    tlf("render", spec, "--out", tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "site" / "site"
+    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert wait_final([job])[job] == "COMPLETED"
+    err = next((run_dir / "logs").glob(f"*-{job}.err")).read_text()
+    assert "site set-up ran: /opt/site/lib:" in err and "unbound variable" not in err
+
+    failing = spec_file(tmp_path / "broken.yaml", tiny_gemma, telecom_dir,
+                        extra="slurm: {setup: ['ls /no/such/site/script.sh']}\n")
+    tlf("render", failing, "--out", tmp_path / "runs")
+    broken_dir = tmp_path / "runs" / "broken" / "broken"
+    job = subprocess.run(["sbatch", "--parsable", str(broken_dir / "job.sbatch")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert wait_final([job])[job] == "FAILED"
+    assert "/no/such/site/script.sh" in next((broken_dir / "logs").glob(f"*-{job}.err")).read_text()
+    assert not (broken_dir / "steps").exists()

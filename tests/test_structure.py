@@ -17,7 +17,7 @@ PACKAGE = REPO / "telecom_lf"
 LAYERS = [
     {"__init__", "errors", "fsutil"},
     {"rundir"},
-    {"compat", "synth", "dora"},
+    {"compat", "synth", "dora", "lock"},
     {"lfargs"},
     {"cluster", "data", "score", "use"},
     {"tiny"},

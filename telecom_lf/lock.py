@@ -1,0 +1,110 @@
+"""One worker per run: an exclusive lock on a directory, held while a process works in it.
+
+Two ``tlf run`` of one spec, a local run and a Slurm job, or a requeued job and a manual
+``sbatch`` would otherwise train one run into one directory twice (LLaMA-Factory appends to
+``trainer_log.jsonl`` and both write the same checkpoints). Every step, ``--force``'s reset and
+the report take ``<dir>/.tlf-lock`` with ``flock``; a second worker is refused at once (or waits,
+when asked), told who holds it. The kernel drops the lock when its holder dies, so a lock is
+never "stale"; the holder's description is written into the file and cleared on a clean
+release, so a non-empty file found on taking the lock means the last holder died, and is said.
+``flock`` is local to a machine unless the file system forwards it: NFSv4 does (as a POSIX
+lock, through the server); Lustre only when mounted with ``-o flock``; see the README.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import TlfError
+from .fsutil import default_mode
+from .rundir import slurm_job_id
+
+LOCK_FILE = ".tlf-lock"
+
+
+class Busy(TlfError):
+    """Another process works on this directory."""
+
+
+def _me(what: str) -> dict:
+    return {"what": what, "host": platform.node(), "pid": os.getpid(), "job_id": slurm_job_id(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def describe(holder: dict | None) -> str:
+    if not holder:
+        return "another process (it wrote no description yet)"
+    job = f", Slurm job {holder['job_id']}" if holder.get("job_id") else ""
+    return f"{holder.get('what', '?')} (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}{job}, " \
+           f"since {holder.get('since', '?')})"
+
+
+def _read(fd: int) -> dict | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    blob = os.read(fd, 1 << 16)
+    try:
+        holder = json.loads(blob) if blob.strip() else None
+    except ValueError:
+        return {"what": "an unreadable holder"}
+    return holder if isinstance(holder, dict) else None
+
+
+def _write(fd: int, holder: dict | None) -> None:
+    os.ftruncate(fd, 0)
+    if holder:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(holder) + "\n").encode("utf-8"))
+
+
+def _acquire(fd: int, directory: Path, wait: bool, echo) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        holder = describe(_read(fd))
+        if not wait:
+            raise Busy(f"{directory}: {holder} is working on it; let it finish (`tlf status` shows it), "
+                       "or pass --wait to queue behind it") from None
+        echo(f"tlf: {directory.name}: waiting for {holder}")
+    except OSError as error:
+        _unsupported(directory, error)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as error:
+        _unsupported(directory, error)
+
+
+def _unsupported(directory: Path, error: OSError):
+    if error.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+        raise TlfError(f"{directory}: the file system refuses file locks ({error.strerror}); tlf needs flock "
+                       "to keep two workers off one run (Lustre: mount with -o flock)") from None
+    raise error
+
+
+@contextmanager
+def hold(directory: Path, what: str, wait: bool = False, echo=None):
+    """Hold ``directory``'s lock for the ``with`` block; ``what`` says what the holder does."""
+    echo = echo or (lambda message: print(message, file=sys.stderr))
+    directory = Path(directory)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, default_mode())
+    try:
+        _acquire(fd, directory, wait, echo)
+        previous = _read(fd)
+        if previous:
+            echo(f"tlf: {directory.name}: taking over from {describe(previous)}, which ended without "
+                 "releasing its lock (it was killed or its node failed)")
+        _write(fd, _me(what))
+        try:
+            yield
+        finally:
+            _write(fd, None)    # empty: released cleanly
+    finally:
+        os.close(fd)            # closing drops the flock
