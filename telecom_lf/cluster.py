@@ -12,9 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from .errors import TlfError
+from .fsutil import load_yaml_strict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A #SBATCH value is parsed by Slurm, not the shell: keep it to characters that need no quoting.
@@ -90,9 +89,10 @@ def _find(name: str, spec_dir: Path | None) -> Path:
 def load_profile(name: str, spec_dir: Path | None = None, overrides: dict | None = None) -> Profile:
     path = _find(name, spec_dir)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise TlfError(f"{path}: cannot read the cluster profile ({error})") from error
+        blob = path.read_bytes()
+    except OSError as error:
+        raise TlfError(f"{path}: cannot read the cluster profile ({error.strerror})") from None
+    raw = load_yaml_strict(blob, path)[0] or {}
     if not isinstance(raw, dict):
         raise TlfError(f"{path}: a cluster profile is a YAML mapping of keys")
     unknown = [k for k in raw if k not in PROFILE_KEYS]

@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 
 from . import lfargs
+from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
 from .compat import BLOG_TEMPLATE_FOR
 from .errors import TlfError
-from .fsutil import sha256_bytes
-from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
+from .fsutil import load_yaml_strict, sha256_bytes
 
 SPEEDS = ("as-written", "fast")
 DORA_KERNELS = ("fast", "peft")
@@ -196,36 +196,10 @@ def _load_yaml(path: Path) -> tuple[dict, dict[tuple, int], bytes]:
         blob = path.read_bytes()
     except OSError as error:
         raise TlfError(f"{path}: cannot read spec ({error.strerror})") from error
-    try:
-        loader = yaml.SafeLoader(blob.decode("utf-8"))
-        try:
-            node = loader.get_single_node()
-            document = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except UnicodeDecodeError as error:
-        raise TlfError(f"{path}: not UTF-8 ({error})") from error
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise TlfError(f"{where}: invalid YAML ({getattr(error, 'problem', error)})") from error
+    document, lines = load_yaml_strict(blob, path)
     if not isinstance(document, dict):
         raise TlfError(f"{path}: a spec is a YAML mapping of keys, got {type(document).__name__}")
-    lines: dict[tuple, int] = {}
-    _collect_lines(node, (), lines)
     return document, lines, blob
-
-
-def _collect_lines(node, prefix: tuple, lines: dict[tuple, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = prefix + (key_node.value,)
-            lines[path] = key_node.start_mark.line + 1
-            _collect_lines(value_node, path, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[prefix + (index,)] = item.start_mark.line + 1
-            _collect_lines(item, prefix + (index,), lines)
 
 
 class _Checker:

@@ -106,3 +106,14 @@ def test_probe_job_asks_for_one_card_no_requeue_and_quotes_the_request(tiny_gemm
     assert "--requeue" not in script and "set -u" not in script   # site set-up may extend unset variables
     last = script.rstrip().splitlines()[-1]
     assert last.endswith("probe --request '" + str(request) + "'")
+
+
+def test_a_profile_with_a_key_given_twice_is_refused_at_its_line(tiny_gemma, telecom_dir, tmp_path):
+    profiles = tmp_path / "slurm" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "twice.yaml").write_text("partition: debug\ngres: dcu\npartition: kshdtest\n")
+    spec = spec_file(tmp_path / "p.yaml", tiny_gemma, telecom_dir)
+    spec.write_text(spec.read_text().replace("cluster: local-test", "cluster: twice"))
+    result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
+    assert result.returncode == 2 and "twice.yaml:3: partition is given twice (first at line 1)" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -158,3 +158,12 @@ predict: {{max_samples: 8, max_new_tokens: 12, per_device_eval_batch_size: 8}}
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     params = {line.split(",")[0]: line.split(",")[4] for line in csv[1:]}
     assert int(params["r8-a16"]) > int(params["r2-a4"]) > 0
+
+
+def test_score_refuses_to_write_its_json_over_the_predictions(tmp_path):
+    predictions = tmp_path / "generated_predictions.jsonl"
+    blob = '{"prompt": "q", "predict": "a", "label": "a"}\n'
+    predictions.write_text(blob)
+    result = tlf("score", predictions, "--json", tmp_path / "." / "generated_predictions.jsonl", check=False)
+    assert result.returncode == 2 and "is the predictions file itself" in result.stderr
+    assert predictions.read_text() == blob

@@ -213,6 +213,14 @@ BAD_SPECS = {
     "unknown DoRA forward": ("  lora_rank: 8\ndora_kernel: \"fast\\n$(touch x)\"\n",
                              ["bad.yaml:10: dora_kernel", "expected one of ['fast', 'peft']"]),
     "unknown spec section key": ("  lora_rank: 8\ndata_dir: x\n", ["bad.yaml:10: data_dir", "unknown key"]),
+    "duplicate key": ("  lora_rank: 8\n  lora_rank: 2\n", ["bad.yaml:10: train.lora_rank is given twice",
+                                                       "first at line 9"]),
+    "alias bomb": ("  lora_rank: 8\nx0: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+                   + "".join(f"x{i}: &{'abcdefgh'[i]} [*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
+                             f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
+                             f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
+                             f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}]\n" for i in range(1, 8)),
+                   ["bad.yaml: more than 100000 YAML nodes"]),
 }
 
 

@@ -15,7 +15,8 @@ PACKAGE = REPO / "telecom_lf"
 # A module may import only modules of a lower layer. Helpers at the bottom; the run-directory
 # contract below every stage; then the stages in the order data flows; the CLI on top.
 LAYERS = [
-    {"__init__", "errors", "fsutil"},
+    {"__init__", "errors"},
+    {"fsutil"},
     {"rundir"},
     {"compat", "synth", "dora", "lock"},
     {"lfargs"},
