@@ -383,6 +383,8 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
         raise TlfError(f"{spec.where('cluster')}: `tlf submit` needs a cluster profile (e.g. cluster: dcu)")
     runs, files = render_mod.plan_and_render(spec, out)
     where = render_mod.layout(spec, out)
+    if not test_only:
+        _refuse_active_jobs(spec, where, [r.name for r in runs])
     changed = render_mod.plan_writes(files, force)
     for run_dir in {p.parent for p in changed if p.name != rundir.MANIFEST and p.parent.parent == where.root}:
         if run_dir.is_dir():
@@ -407,6 +409,16 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     click.echo(f"job ids recorded in {where.root / rundir.JOBS}; `tlf status {spec_path}` shows progress")
 
 
+def _refuse_active_jobs(spec, where, names: list[str]) -> None:
+    """A second submit while the first's jobs are queued or running would train runs twice."""
+    from . import scheduler, slurm
+
+    active = scheduler.active_jobs(where, [slurm.job_name(spec, n) for n in [*names, "sweep", "report"]])
+    if active:
+        raise TlfError(f"jobs of experiment {spec.name} are still queued or running: {', '.join(active)}; "
+                       "let them finish (`tlf status`) or scancel them, then submit again")
+
+
 def _test_only(scripts: list[Path]) -> None:
     from . import scheduler
 
@@ -428,8 +440,11 @@ def status(spec_path: Path, out: Path, overrides) -> None:
     spec = _load_spec(spec_path, overrides, require_model=False)
     names = [r.name for r in plan_mod.expand(spec)]
     job_names = {n: slurm.job_name(spec, n) for n in names}
-    for line in scheduler.status_lines(render_mod.layout(spec, out), names, job_names):
+    lines, problem = scheduler.status_lines(render_mod.layout(spec, out), names, job_names)
+    for line in lines:
         click.echo(line)
+    if problem:
+        raise Failed(problem)
 
 
 @main.command()
@@ -450,6 +465,8 @@ def score(predictions: Path, manifest: Path | None, split: str | None, long_thre
     from . import score as score_mod
     from .fsutil import atomic_write
 
+    if json_out is not None and json_out.resolve() == predictions.resolve():
+        raise TlfError(f"--json {json_out}: is the predictions file itself; choose another path")
     read = score_mod.read_predictions(predictions, skip_bad)
     categories = None
     if manifest is not None:

@@ -8,6 +8,7 @@ Slurm job id, host and pid) in the run directory, and a failed step its cause an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -294,19 +295,6 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
     run's lock, on the files manifest.json recorded."""
     rundir.refuse_symlinks(run_dir)
     run = rundir.open_run(run_dir)
-    with lock.hold(run.path, f"tlf step {' '.join(what) or 'all'} of {run.name}", wait):
-        rundir.check_rendered(run)
-        _steps(run, what, launch, echo)
-
-
-def reset_run(run_dir: Path, wait: bool = False) -> None:
-    """--force: clear a run's outputs, never under a worker that is still writing them."""
-    rundir.refuse_symlinks(run_dir)
-    with lock.hold(Path(run_dir), f"--force reset of {Path(run_dir).name}", wait):
-        rundir.reset(Path(run_dir))
-
-
-def _steps(run: Run, what: list[str], launch: Launch, echo) -> None:
     if not what or what == ["all"]:
         links = run.chain()
     else:
@@ -314,8 +302,21 @@ def _steps(run: Run, what: list[str], launch: Launch, echo) -> None:
         if not links:
             raise TlfError(f"unknown step {' '.join(what)!r} for run {run.name}; expected: all | "
                            + " | ".join(" ".join(link.args) for link in run.chain()))
+    rundir.check_rendered(run)
     for link in links:
-        echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch)}")
+        with lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait, step=link.name):
+            echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch)}")
+
+
+def reset_run(run_dir: Path, wait: bool = False) -> None:
+    """--force: clear a run's outputs, never under a worker that is still writing them (every
+    step's lock is held while the outputs go)."""
+    rundir.refuse_symlinks(run_dir)
+    run = rundir.open_run(run_dir)
+    with contextlib.ExitStack() as held:
+        for link in run.chain():
+            held.enter_context(lock.hold(run.path, f"--force reset of {run.name}", wait, step=link.name))
+        rundir.reset(run.path)
 
 
 def run_link(run: Run, args: tuple[str, ...], launch: Launch) -> str:

@@ -27,7 +27,13 @@ from .errors import TlfError
 from .fsutil import default_mode
 from .rundir import slurm_job_id
 
-LOCK_FILE = ".tlf-lock"
+LOCK_FILE = ".tlf-lock"     # a directory's lock; a run's steps each have their own (lock_file)
+
+
+def lock_file(step: str | None = None) -> str:
+    """A run locks per step, so that its predict jobs (all after train) may run side by side
+    while no step ever runs twice at once; the report directory has one lock."""
+    return f"{LOCK_FILE}-{step}" if step else LOCK_FILE
 
 
 class Busy(TlfError):
@@ -90,11 +96,12 @@ def _unsupported(directory: Path, error: OSError):
 
 
 @contextmanager
-def hold(directory: Path, what: str, wait: bool = False, echo=None):
-    """Hold ``directory``'s lock for the ``with`` block; ``what`` says what the holder does."""
+def hold(directory: Path, what: str, wait: bool = False, echo=None, step: str | None = None):
+    """Hold ``directory``'s lock (or one step's) for the ``with`` block; ``what`` says what the
+    holder does."""
     echo = echo or (lambda message: print(message, file=sys.stderr))
     directory = Path(directory)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, default_mode())
+    fd = os.open(directory / lock_file(step), os.O_RDWR | os.O_CREAT, default_mode())
     try:
         _acquire(fd, directory, wait, echo)
         previous = _read(fd)

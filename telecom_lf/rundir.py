@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ SUBMIT_SCRIPT = "submit.sh"
 DATASETS_FILE = "datasets.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
                 "adapter_model.bin", "pytorch_model.bin")
+JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")    # what sbatch returns, or <array>_<task>
 STATES = ("rendered", "training", "trained", "predicted", "done", "failed")
 
 
@@ -101,11 +103,28 @@ class Experiment:
         return record
 
     def jobs(self) -> list[dict]:
-        history = read_json(self.root / JOBS)
-        return history if isinstance(history, list) else []
+        """jobs.json: one record per submission; a file that is not one is refused, never guessed at."""
+        path = self.root / JOBS
+        if not path.exists():
+            return []
+        history = read_json(path)
+        if not isinstance(history, list) or not all(_job_record(r) for r in history):
+            raise TlfError(f"{path}: not the list of submission records tlf writes (unreadable, or an entry with "
+                           "a wrong shape); move it aside and look at `squeue --me` for jobs it recorded")
+        return history
 
     def add_jobs(self, record: dict) -> None:
         atomic_write(self.root / JOBS, json.dumps([*self.jobs(), record], indent=2) + "\n")
+
+
+def _job_record(record) -> bool:
+    """A submission record: run -> {step: job id} (or an array task), optional array and report ids."""
+    if not isinstance(record, dict) or not isinstance(record.get("runs", {}), dict):
+        return False
+    ids = [v for jobs in record.get("runs", {}).values() if isinstance(jobs, dict) for v in jobs.values()]
+    ids += [record[k] for k in ("array", "report") if k in record]
+    return all(isinstance(run_jobs, dict) for run_jobs in record.get("runs", {}).values()) and \
+        all(isinstance(i, str) and JOB_ID.match(i) for i in ids)
 
 
 @dataclass(frozen=True)

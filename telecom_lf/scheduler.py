@@ -6,7 +6,6 @@ score, then the experiment's report); the steps themselves run in ``executor``.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import time
@@ -15,9 +14,9 @@ from pathlib import Path
 
 from . import executor, report, rundir
 from .errors import Failed, TlfError
-from .rundir import Experiment
+from .rundir import JOB_ID, Experiment
 
-JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
 SLURM_TIMEOUT_S = 15   # a controller that does not answer by then is reported as unreachable
 
 
@@ -96,6 +95,7 @@ def submit(experiment: Experiment, run_names: list[str], as_array: bool, array_p
     keep them PENDING forever). If one sbatch fails, what was submitted is cancelled."""
     if not shutil.which("sbatch"):
         raise TlfError("sbatch is not on PATH: run `tlf submit` on a Slurm login node, or `tlf run` locally")
+    experiment.jobs()            # a broken jobs.json is refused before anything is submitted
     todo = unfinished(experiment, run_names)
     if not todo:
         return None
@@ -143,6 +143,8 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     if not ids or not shutil.which("squeue"):
         return states
     done = _slurm(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)])
+    if done.returncode != 0:
+        _check_controller(done)
     for line in done.stdout.splitlines():
         job, _, state = line.partition(" ")
         states[job] = state
@@ -158,6 +160,39 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
             if token.startswith("JobState="):
                 states[job] = token.split("=", 1)[1]
     return states
+
+
+def controller_problem() -> str | None:
+    """Why the Slurm controller cannot be asked, or None. ``scontrol ping`` answers at once even
+    when the controller is down (squeue would retry for ~18 s first)."""
+    if not shutil.which("scontrol"):
+        return None
+    ping = _slurm(["scontrol", "ping"])
+    if " is UP" in ping.stdout:
+        return None
+    said = [line for line in (ping.stdout + ping.stderr).splitlines() if line.strip() and "*" not in line]
+    return f"the Slurm controller does not answer ({said[0].strip() if said else 'scontrol ping failed'}); job states unknown"
+
+
+def _check_controller(failed: subprocess.CompletedProcess) -> None:
+    """squeue also fails for job ids the controller has forgotten; only an unreachable controller
+    is an error."""
+    problem = controller_problem()
+    if problem:
+        raise SlurmFailed(problem)
+
+
+def active_jobs(experiment: Experiment, job_names: list[str]) -> list[str]:
+    """This experiment's jobs still queued or running: tlf submit's, and any with its job names."""
+    ids = [j for record in experiment.jobs()[-1:] for j in _record_ids(record)]
+    queued = [job for jobs in queued_by_name(job_names).values() for job, _ in jobs]
+    states = job_states(ids + queued)
+    return sorted(j for j, state in states.items() if state.split()[0] in ACTIVE)
+
+
+def _record_ids(record: dict) -> list[str]:
+    ids = [v for jobs in record.get("runs", {}).values() for v in jobs.values()]
+    return ids + [record[k] for k in ("array", "report") if k in record]
 
 
 def queued_by_name(names: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -193,31 +228,54 @@ def _run_jobs(submitted: dict, records: dict[str, dict], queued: list[tuple[str,
     return jobs
 
 
-def status_lines(experiment: Experiment, run_names: list[str], job_names: dict[str, str]) -> list[str]:
+def _guarded(call, problems: list[str], fallback):
+    """A Slurm query whose failure becomes a reported problem, not an exception."""
+    try:
+        return call()
+    except SlurmFailed as error:
+        problems.append(str(error))
+        return fallback
+
+
+def _last_submission(experiment: Experiment, problems: list[str]) -> dict:
+    try:
+        return (experiment.jobs() or [{}])[-1]
+    except TlfError as error:
+        problems.append(str(error))
+        return {}
+
+
+def status_lines(experiment: Experiment, run_names: list[str], job_names: dict[str, str]) -> tuple[list[str], str | None]:
     """Per run: its state, which artifacts exist, its jobs and their states, and for a failed run
-    the cause and the log it was read from."""
-    last = (experiment.jobs() or [{}])[-1]
-    submitted = last.get("runs", {}) if isinstance(last.get("runs"), dict) else {}
-    queued = queued_by_name(list(job_names.values()))
-    lines, per_run = [], {}
+    the cause and the log it was read from; and what kept job states from being known, if anything."""
+    problems: list[str] = []
+    last = _last_submission(experiment, problems)
+    down = controller_problem() if job_names else None
+    if down:
+        problems.append(down)
+    queued = {} if down else _guarded(lambda: queued_by_name(list(job_names.values())), problems, {})
+    submitted = last.get("runs", {})
+    per_run = {}
     for name in run_names:
-        if not (experiment.run_dir(name) / rundir.MANIFEST).exists():
-            continue
-        run = rundir.open_run(experiment.run_dir(name))
-        records = rundir.step_records(run)
-        per_run[name] = (run, records, _run_jobs(submitted.get(name, {}), records, queued.get(job_names[name], [])))
-    report_job = last.get("report") if isinstance(last.get("report"), str) else None
-    states = job_states([j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or ""])
-    for name in run_names:
-        if name not in per_run:
-            lines.append(f"{name:36s} not rendered")
-            continue
-        run, records, jobs = per_run[name]
-        shown = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in jobs.items())
-        lines.append(f"{name:36s} {rundir.state(run):9s} {_artifacts(run)}  {shown}".rstrip())
-        for link, record in rundir.failed_steps(run, records).items():
-            lines.append(f"    {link} failed: {record.get('cause')}")
-            lines.append(f"    log: {record.get('log')}")
+        if (experiment.run_dir(name) / rundir.MANIFEST).exists():
+            run = rundir.open_run(experiment.run_dir(name))
+            records = rundir.step_records(run)
+            per_run[name] = (run, records, _run_jobs(submitted.get(name, {}), records, queued.get(job_names[name], [])))
+    report_job = last.get("report")
+    ids = [j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or ""]
+    states = {} if down else _guarded(lambda: job_states(ids), problems, {})
+    lines = [_run_line(name, per_run.get(name), states) for name in run_names]
     if report_job:
         lines.append(f"report job {report_job}: {states.get(report_job, '?')}")
-    return lines
+    return lines, "; ".join(problems) or None
+
+
+def _run_line(name: str, found, states: dict[str, str]) -> str:
+    if found is None:
+        return f"{name:36s} not rendered"
+    run, records, jobs = found
+    shown = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in jobs.items())
+    lines = [f"{name:36s} {rundir.state(run):9s} {_artifacts(run)}  {shown}".rstrip()]
+    for link, record in rundir.failed_steps(run, records).items():
+        lines += [f"    {link} failed: {record.get('cause')}", f"    log: {record.get('log')}"]
+    return "\n".join(lines)

@@ -87,13 +87,16 @@ def exact_match(predictions: Path) -> float:
 
 def spec_file(path: Path, model: Path, data_dir: Path, extra: str = "", train: str = "",
               sets=("telecom_test_100",)) -> Path:
-    """A small spec on the local-test cluster profile (train_100, 1 epoch of rank 4)."""
+    """A small spec on the local-test cluster profile (train_100, 1 epoch of rank 4); ``train``
+    (", key: value, ...") adds or replaces training keys."""
+    keys = {"lora_rank": 4, "num_train_epochs": 1.0, "cutoff_len": 128}
+    keys.update(yaml.safe_load("{" + train.lstrip(", ") + "}") or {})
     path.write_text(f"""name: {path.stem}
 model: {model}
 data: {{dir: {data_dir}, train: telecom_train_100, predict: [{", ".join(sets)}]}}
 template: default
 cluster: local-test
-train: {{lora_rank: 4, num_train_epochs: 1.0, cutoff_len: 128{train}}}
+train: {yaml.safe_dump(keys, default_flow_style=True, width=1000).strip()}
 predict: {{max_samples: 4, max_new_tokens: 8, per_device_eval_batch_size: 4}}
 {extra}""", encoding="utf-8")
     return path

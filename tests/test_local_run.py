@@ -68,7 +68,8 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
     assert not (train_dir / "train_results.json").exists(), "training was meant to be interrupted"
     assert not (out / "resume" / "r4" / "scores.json").exists()
     # atomic_write's temporary files are named .<name>.<random>: none may be left behind
-    hidden = [p for p in [*(out / "resume").glob("report/.*"), *(out / "resume").glob("*/.*")] if p.name != ".tlf-lock"]
+    hidden = [p for p in [*(out / "resume").glob("report/.*"), *(out / "resume").glob("*/.*")]
+              if not p.name.startswith(".tlf-lock")]
     assert not hidden
 
     again = subprocess.run([tlf_bin(), "run", spec, "--out", out], capture_output=True, text=True)

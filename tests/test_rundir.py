@@ -116,3 +116,25 @@ def test_the_cause_of_a_failure_is_the_workers_exception_not_the_launchers(tmp_p
     assert failure_cause(log).startswith("OSError: /m does not")
     log.write_text("all fine\n")
     assert failure_cause(log) is None
+
+
+@pytest.mark.parametrize("content", ["{not json", "5", '{"runs": {}}', "[5]", '[{"runs": {"r": {"train": "-d"}}}]',
+                                     '[{"runs": {"r": ["1"]}}]', '[{"runs": {}, "report": "1; rm -rf ~"}]'])
+def test_a_malformed_jobs_json_is_refused_naming_the_file(tmp_path, content):
+    from telecom_lf.errors import TlfError
+    from telecom_lf.rundir import Experiment
+
+    (tmp_path / "jobs.json").write_text(content)
+    with pytest.raises(TlfError, match="jobs.json: not the list of submission records"):
+        Experiment(tmp_path).jobs()
+
+
+def test_a_well_formed_jobs_json_reads_back(tmp_path):
+    from telecom_lf.rundir import Experiment
+
+    experiment = Experiment(tmp_path)
+    assert experiment.jobs() == []
+    record = {"submitted": "now", "runs": {"r2": {"train": "12", "score": "14"}, "r4": {"array_task": "20_1"}},
+              "array": "20", "report": "15"}
+    experiment.add_jobs(record)
+    assert experiment.jobs() == [record]

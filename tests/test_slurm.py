@@ -328,3 +328,52 @@ def test_site_setup_lines_may_extend_unset_variables_and_a_failing_one_fails_the
     assert wait_final([job])[job] == "FAILED"
     assert "/no/such/site/script.sh" in next((broken_dir / "logs").glob(f"*-{job}.err")).read_text()
     assert not (broken_dir / "steps").exists()
+
+
+def test_status_says_at_once_when_the_controller_does_not_answer(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "down.yaml", tiny_gemma, telecom_dir)
+    tlf("render", spec, "--out", tmp_path / "runs")
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    source = Path(os.environ["SLURM_CONF"])
+    (conf / "slurm.conf").write_text("\n".join("SlurmctldPort=1" if line.startswith("SlurmctldPort=") else line
+                                               for line in source.read_text().splitlines()) + "\n")
+    shutil.copy(source.parent / "gres.conf", conf / "gres.conf")
+    started = time.monotonic()
+    result = subprocess.run([tlf_bin(), "status", str(spec), "--out", str(tmp_path / "runs")], capture_output=True,
+                            text=True, env={**os.environ, "SLURM_CONF": str(conf / "slurm.conf")})
+    assert time.monotonic() - started < 10          # squeue alone retries for ~18 s
+    assert result.returncode == 1 and "the Slurm controller does not answer" in result.stderr, result.stderr
+    assert "down " in result.stdout and "rendered" in result.stdout   # the runs' own state is still shown
+
+
+def test_a_broken_jobs_json_submits_nothing_and_status_says_why(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "broken-jobs.yaml", tiny_gemma, telecom_dir)
+    out = tmp_path / "runs"
+    tlf("render", spec, "--out", out)
+    jobs = out / "broken-jobs" / "jobs.json"
+    jobs.write_text('[{"runs": {"broken-jobs": {"train": "-d"}}}]')
+    submitted = tlf("submit", spec, "--out", out, check=False)
+    assert submitted.returncode == 2 and "jobs.json: not the list of submission records" in submitted.stderr
+    assert "Traceback" not in submitted.stderr
+    queued = subprocess.run(["squeue", "-h", "--name=broken-jobs-broken-jobs"], capture_output=True, text=True)
+    assert queued.stdout.strip() == ""
+    assert jobs.read_text() == '[{"runs": {"broken-jobs": {"train": "-d"}}}]'
+    shown = tlf("status", spec, "--out", out, check=False)
+    assert shown.returncode == 1 and "jobs.json" in shown.stderr and "Traceback" not in shown.stderr
+    assert "broken-jobs" in shown.stdout
+
+
+def test_a_second_submit_while_the_first_is_queued_is_refused(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "again.yaml", tiny_gemma, telecom_dir, train=", per_device_train_batch_size: 1")
+    out = tmp_path / "runs"
+    tlf("submit", spec, "--out", out)
+    record = json.loads((out / "again" / "jobs.json").read_text())[-1]
+    ids = [*record["runs"]["again"].values(), record["report"]]
+    try:
+        second = tlf("submit", spec, "--out", out, check=False)
+        assert second.returncode == 2 and "still queued or running" in second.stderr, second.stderr
+        assert record["runs"]["again"]["train"] in second.stderr
+        assert len(json.loads((out / "again" / "jobs.json").read_text())) == 1
+    finally:
+        subprocess.run(["scancel", *ids], capture_output=True)
