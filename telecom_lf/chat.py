@@ -39,6 +39,9 @@ def _load(model: RunModel):
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")   # the chat, not the loading log
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from llamafactory.chat import ChatModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()       # "Loading weights" would land between the banner and the prompt
 
     from .compat import register_blog_templates
 
