@@ -21,6 +21,8 @@ from .use import RunModel
 
 BANNER = ("tlf chat: {label}\n  model {model}\n  adapter {adapter}\n  template {template}, decoding {decoding}\n"
           "{wrapping}\nType a question. `exit` or Ctrl-D ends, Ctrl-C stops, `clear` forgets the conversation.")
+
+
 def banner(model: RunModel, raw: bool) -> str:
     if raw or model.wrapper is None:
         wrapping = "  prompts are sent as typed" + ("" if raw else " (the data recorded no instruction)")
@@ -76,8 +78,7 @@ def _turns(model: RunModel, engine, raw: bool, history: bool, read=input, write=
             continue
         if not text:
             continue
-        turn = [*messages, {"role": "user", "content": use.wrap(model, text, raw)}] if history else \
-            [{"role": "user", "content": use.wrap(model, text, raw)}]
+        turn = [*messages, {"role": "user", "content": use.wrap(model, text, raw)}]   # messages stay [] without --history
         answer = engine.chat(turn)[0].response_text
         write(f"Model: {answer}")
         if history:

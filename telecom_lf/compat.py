@@ -9,6 +9,8 @@ tokenises (train, predict, each torchrun worker) through ``telecom_lf.lf_entry``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # tlf name -> the v0.6 template it reproduces.
 BLOG_TEMPLATES = {"tlf_blog_default": "default"}
 # What the blog's `--template X` becomes in blog prompt mode.
@@ -40,16 +42,14 @@ _original_save_predictions = None
 
 def _cleaned(path: str, clean) -> None:
     import json
-    import os
+
+    from .fsutil import atomic_write
 
     with open(path, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     for row in rows:
         row["predict"] = clean(row["predict"])
-    tmp = f"{path}.tlf-tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
+    atomic_write(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def install_blog_decoding() -> None:
