@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from . import executor, lfargs, rundir, use
+from . import executor, lfargs, rundir, score, use
 from .errors import Failed, TlfError
 from .fsutil import atomic_write, default_mode
 from .rundir import Run
@@ -45,13 +45,6 @@ class Verification:
     differing: list[dict]        # {row, adapter, merged} for every row whose answers differ
 
 
-def _load_yaml(path: Path) -> dict:
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(loaded, dict):
-        raise TlfError(f"{path}: not a rendered config; re-render the run")
-    return loaded
-
-
 def verify_set(run: Run) -> str:
     """The run's test set (role ``test`` in the split manifest), else its first predict set."""
     if not run.predict_sets:
@@ -64,19 +57,13 @@ def verify_set(run: Run) -> str:
 
 def _predict(run: Run, dataset: str, model_args: dict, rows: int, work: Path, label: str) -> list[str]:
     """Greedy predictions of ``model_args`` on the first ``rows`` rows, through the run's predict path."""
-    config = _load_yaml(run.config(f"predict-{dataset}"))
-    for key in use.MODEL_KEYS:
-        config.pop(key, None)
-    config.update(model_args)
-    config.update({"do_sample": False, "max_samples": rows, "output_dir": str(work / label),
-                   "overwrite_output_dir": True})
+    config = use.predict_config(run, model_args, {"max_samples": rows, "output_dir": str(work / label)}, dataset)
     path = work / f"{label}.yaml"
     atomic_write(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     log = work / f"{label}.log"
     if executor.run_child(executor.lf_command(path), log) != 0:
         raise Failed(f"the {label} predictions for the export check failed; log: {log}")
-    lines = (work / label / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line)["predict"] for line in lines if line.strip()]
+    return [row.predict for row in score.read_predictions(work / label / "generated_predictions.jsonl").rows]
 
 
 def verify(run: Run, model: RunModel, export_dir: Path, rows: int, work: Path) -> Verification:
@@ -155,7 +142,7 @@ def verify_existing(run: Run, model: RunModel, export_dir: Path, rows: int, allo
 
 def write_card(export_dir: Path, run: Run, model: RunModel, result: Verification, final_dir: Path) -> None:
     """The model card, record and chat config, written into ``export_dir`` and naming ``final_dir``."""
-    train = _load_yaml(run.config("train")) if run.config("train").is_file() else {}
+    train = use.read_config(run.config("train")) or {}
     scores = (rundir.read_json(run.path / rundir.SCORES) or {}).get("sets", {})
     record = {
         "run": str(run.path), "label": model.label, "base_model": model.args["model_name_or_path"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import executor, rundir, use
+from . import executor, rundir, score, use
 from .errors import Failed, TlfError
 from .fsutil import atomic_write, sha256_bytes
 from .rundir import Run
@@ -141,26 +141,17 @@ def _member_dir(where: Path, member: Member) -> Path:
 
 
 def _answers(where: Path, member: Member, count: int) -> list[str] | None:
-    path = _member_dir(where, member) / "generated_predictions.jsonl"
+    """The member's finished answers, or None when there are not ``count`` of them yet."""
     try:
-        lines = [json.loads(line)["predict"] for line in path.read_text(encoding="utf-8").splitlines() if line]
-    except (OSError, ValueError, KeyError, TypeError):
+        rows = score.read_predictions(_member_dir(where, member) / "generated_predictions.jsonl").rows
+    except TlfError:
         return None
-    return lines if len(lines) == count else None
+    return [row.predict for row in rows] if len(rows) == count else None
 
 
 def _member_config(where: Path, member: Member) -> dict:
-    run = member.run
-    links = [f"predict-{s}" for s in run.predict_sets]
-    if not links:
-        raise TlfError(f"run {run.name} predicts no set: its predict settings are unknown; give it data.predict")
-    config = yaml.safe_load(run.config(links[0]).read_text(encoding="utf-8"))
-    for key in (*use.MODEL_KEYS, "max_samples"):
-        config.pop(key, None)
-    config.update(member.model.args)
-    config.update({"eval_dataset": DATASET, "dataset_dir": str(where), "do_sample": False,
-                   "output_dir": str(_member_dir(where, member)), "overwrite_output_dir": True})
-    return config
+    return use.predict_config(member.run, member.model.args, {
+        "eval_dataset": DATASET, "dataset_dir": str(where), "output_dir": str(_member_dir(where, member))})
 
 
 def answer(where: Path, member: Member, count: int, echo) -> list[str]:

@@ -41,18 +41,41 @@ class RunModel:
         return self.args.get("adapter_name_or_path")
 
 
+def read_config(path: Path) -> dict | None:
+    """A rendered config as a dict; None when the file is missing."""
+    if not path.is_file():
+        return None
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise TlfError(f"{path}: not readable as YAML ({error}); re-render the run") from None
+    if not isinstance(loaded, dict):
+        raise TlfError(f"{path}: not a rendered config (not a mapping); re-render the run")
+    return loaded
+
+
 def _predict_config(run: Run) -> tuple[Path, dict]:
     """The run's first predict YAML (or train.yaml when the run predicts nothing)."""
-    candidates = [run.config(f"predict-{s}") for s in run.predict_sets] + [run.config("train")]
-    for path in candidates:
-        if path.is_file():
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError) as error:
-                raise TlfError(f"{path}: not readable as YAML ({error}); re-render the run") from None
-            if isinstance(loaded, dict):
-                return path, loaded
+    for path in [run.config(f"predict-{s}") for s in run.predict_sets] + [run.config("train")]:
+        loaded = read_config(path)
+        if loaded is not None:
+            return path, loaded
     raise TlfError(f"{run.path}: no rendered predict or train YAML; run `tlf render` first")
+
+
+def predict_config(run: Run, model_args: dict, changes: dict, dataset: str | None = None) -> dict:
+    """The run's predict YAML for ``dataset`` (default: its first predict set) answering with
+    ``model_args`` instead, greedy, with ``changes``: how probe and export predict through the
+    same path, template and settings as the run's own predict step."""
+    if not run.predict_sets:
+        raise TlfError(f"run {run.name} predicts no set: its predict settings are unknown; give it data.predict")
+    path = run.config(f"predict-{dataset or run.predict_sets[0]}")
+    config = read_config(path)
+    if config is None:
+        raise TlfError(f"{path}: missing; re-render the run")
+    for key in (*MODEL_KEYS, "max_samples"):
+        config.pop(key, None)
+    return {**config, **model_args, "do_sample": False, "overwrite_output_dir": True, **changes}
 
 
 def checkpoints(run: Run) -> list[int]:
