@@ -29,7 +29,7 @@ import sys
 from .rundir import header_marker
 
 TESTED_PEFT = ("0.18.1",)
-MARKER = "tlf-lf: dora_kernel="       # in a rendered config's header comment
+KEY = "dora_kernel"         # in a rendered config's header comment: # tlf-lf: dora_kernel=fast
 _original_variant_forward = None
 # Optimiser steps taken in this process. Fused optimisers (transformers' default AdamW on torch
 # >= 2.8) update parameters without bumping their version counters, so the version alone cannot
@@ -155,7 +155,7 @@ def install(wanted: bool) -> str | None:
 
 def wanted_by(config_path: str | None) -> bool:
     """Whether a rendered config's header asks for the fast forward (``# tlf-lf: dora_kernel=fast``)."""
-    return header_marker(config_path, "dora_kernel") == "fast"
+    return header_marker(config_path, KEY) == "fast"
 
 
 def install_for(config_path: str | None) -> None:

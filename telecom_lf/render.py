@@ -295,12 +295,12 @@ def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
              "Each value's comment says where it came from: the spec's file:line, the cluster profile,",
              "a tlf default (and why), or speed: fast."]
     if name != TRAIN_FILE and spec.prompt == "blog":
-        lines.append(f"tlf-lf: {compat.DECODE_KEY}=0.6   (prompt: blog: predictions decoded with "
-                     "clean_up_tokenization_spaces=True, as LLaMA-Factory 0.6 did; plain llamafactory-cli ignores this line)")
+        lines.append(rundir.header_line(compat.DECODE_KEY, "0.6", "prompt: blog: predictions decoded with "
+                     "clean_up_tokenization_spaces=True, as LLaMA-Factory 0.6 did; plain llamafactory-cli ignores this line"))
     if uses_fast_dora(spec, run):
         origin = _from_spec(spec, "dora_kernel") if spec.line("dora_kernel") else "speed: fast"
-        lines.append(f"{dora.MARKER}fast   ({origin}: tlf-lf installs its DoRA forward, same maths as PEFT's; "
-                     "plain llamafactory-cli ignores this line)")
+        lines.append(rundir.header_line(dora.KEY, "fast", f"{origin}: tlf-lf installs its DoRA forward, same maths "
+                                        "as PEFT's; plain llamafactory-cli ignores this line"))
     return lines
 
 

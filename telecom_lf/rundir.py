@@ -117,14 +117,17 @@ class Experiment:
         atomic_write(self.root / JOBS, json.dumps([*self.jobs(), record], indent=2) + "\n")
 
 
+def submission_ids(record: dict) -> list:
+    """Every job id a jobs.json record names: each run's steps (or array task), the array, the report."""
+    ids = [i for jobs in record.get("runs", {}).values() if isinstance(jobs, dict) for i in jobs.values()]
+    return ids + [record[k] for k in ("array", "report") if k in record]
+
+
 def _job_record(record) -> bool:
-    """A submission record: run -> {step: job id} (or an array task), optional array and report ids."""
-    if not isinstance(record, dict) or not isinstance(record.get("runs", {}), dict):
-        return False
-    ids = [v for jobs in record.get("runs", {}).values() if isinstance(jobs, dict) for v in jobs.values()]
-    ids += [record[k] for k in ("array", "report") if k in record]
-    return all(isinstance(run_jobs, dict) for run_jobs in record.get("runs", {}).values()) and \
-        all(isinstance(i, str) and JOB_ID.match(i) for i in ids)
+    """A submission record: run -> {step: job id}, optional array and report, every id a job id."""
+    return (isinstance(record, dict) and isinstance(record.get("runs", {}), dict)
+            and all(isinstance(jobs, dict) for jobs in record.get("runs", {}).values())
+            and all(isinstance(i, str) and JOB_ID.match(i) for i in submission_ids(record)))
 
 
 @dataclass(frozen=True)
@@ -208,12 +211,20 @@ def check_rendered(run: Run) -> None:
                        "(`tlf render SPEC --force`) or restore the file")
 
 
+HEADER_PREFIX = "tlf-lf: "
+
+
+def header_line(key: str, value: str, why: str) -> str:
+    """``tlf-lf: KEY=VALUE   (why)``, for a rendered config's header comment (see header_marker)."""
+    return f"{HEADER_PREFIX}{key}={value}   ({why})"
+
+
 def header_marker(config_path: str | None, key: str) -> str | None:
     """The value of ``# tlf-lf: KEY=VALUE`` in a rendered config's header comment: how a rendered
     YAML tells ``tlf-lf`` what LLaMA-Factory has no argument for (plain llamafactory-cli ignores it)."""
     if not config_path or not str(config_path).endswith((".yaml", ".yml")):
         return None
-    marker = f"tlf-lf: {key}="
+    marker = f"{HEADER_PREFIX}{key}="
     try:
         with open(config_path, encoding="utf-8") as handle:
             for line in handle:

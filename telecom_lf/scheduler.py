@@ -143,8 +143,9 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     if not ids or not shutil.which("squeue"):
         return states
     done = _slurm(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)])
-    if done.returncode != 0:
-        _check_controller(done)
+    if done.returncode != 0 and (problem := controller_problem()):
+        # squeue also fails for ids the controller has forgotten; only an unreachable one is an error
+        raise SlurmFailed(problem)
     for line in done.stdout.splitlines():
         job, _, state = line.partition(" ")
         states[job] = state
@@ -174,25 +175,12 @@ def controller_problem() -> str | None:
     return f"the Slurm controller does not answer ({said[0].strip() if said else 'scontrol ping failed'}); job states unknown"
 
 
-def _check_controller(failed: subprocess.CompletedProcess) -> None:
-    """squeue also fails for job ids the controller has forgotten; only an unreachable controller
-    is an error."""
-    problem = controller_problem()
-    if problem:
-        raise SlurmFailed(problem)
-
-
 def active_jobs(experiment: Experiment, job_names: list[str]) -> list[str]:
     """This experiment's jobs still queued or running: tlf submit's, and any with its job names."""
-    ids = [j for record in experiment.jobs()[-1:] for j in _record_ids(record)]
+    ids = [j for record in experiment.jobs()[-1:] for j in rundir.submission_ids(record)]
     queued = [job for jobs in queued_by_name(job_names).values() for job, _ in jobs]
     states = job_states(ids + queued)
     return sorted(j for j, state in states.items() if state.split()[0] in ACTIVE)
-
-
-def _record_ids(record: dict) -> list[str]:
-    ids = [v for jobs in record.get("runs", {}).values() for v in jobs.values()]
-    return ids + [record[k] for k in ("array", "report") if k in record]
 
 
 def queued_by_name(names: list[str]) -> dict[str, list[tuple[str, str]]]:
