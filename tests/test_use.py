@@ -93,6 +93,8 @@ def test_chat_refuses_unknown_runs_and_checkpoints_listing_the_valid_ones(study)
     spec, runs_root, experiment = study
     result = tlf("chat", spec, "--out", runs_root, "--run", "r9", check=False)
     assert result.returncode == 2 and "r2, r4" in result.stderr
+    result = tlf("chat", spec, "--out", runs_root, "--run", "../study/r2", check=False)
+    assert result.returncode == 2 and "no such run" in result.stderr
     result = tlf("chat", experiment / "r2", "--checkpoint", "999", check=False)
     assert result.returncode == 2 and "kept steps: 50" in result.stderr, result.stderr
     result = tlf("chat", spec, "--out", runs_root, check=False)

@@ -143,3 +143,28 @@ def test_checkpoint_choice_is_checked_against_the_kept_ones(tmp_path):
     for bad in ("20", "x", "../10", "best"):
         with pytest.raises(TlfError, match="kept steps: 10|selection"):
             use._adapter_dir(run, bad)
+
+
+def test_hostile_questions_stay_data_and_the_probe_stays_under_its_report_dir(tmp_path):
+    run = rundir.Run(tmp_path / "run", {"predict_sets": []})
+    hostile = "怎么关\n$(touch pwned)`id`; ../../etc/passwd"
+    [asked] = probe.questions(run, "P,{question},S", [{"question": hostile, "expected": None}], None, 5, False)
+    assert asked.prompt == f"P,{hostile},S" and asked.shown == hostile and asked.expected is None
+    report_dir = tmp_path / "report"
+    where = probe.probe_dir(report_dir, [asked])
+    assert where.parent == report_dir / "probe" and len(where.name) == 12
+    probe._write_dataset(where, [asked])
+    written = json.loads((where / "tlf_probe.json").read_text(encoding="utf-8"))
+    assert written == [{"instruction": f"P,{hostile},S", "input": "", "output": ""}]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_question_size_and_count_are_bounded(tmp_path):
+    with pytest.raises(TlfError, match="at most 20000"):
+        probe.check_question("x" * 20_001, "--question")
+    with pytest.raises(TlfError, match="empty question"):
+        probe.check_question(" \n\t", "--question")
+    many = tmp_path / "many.txt"
+    many.write_text("怎么关\n" * (probe.MAX_QUESTIONS + 1), encoding="utf-8")
+    with pytest.raises(TlfError, match=f"more than {probe.MAX_QUESTIONS} questions"):
+        probe.read_questions_file(many)
