@@ -7,8 +7,11 @@ dataset_info.json). Nothing is written until every check has passed.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import math
+import os
 import random
 import re
 import unicodedata
@@ -18,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import synth
+from . import guard, lock, synth
 from .errors import TlfError
-from .fsutil import atomic_write, sha256_bytes, sha256_file
+from .fsutil import atomic_write, sha256_bytes, sha256_file, write_all
 
 # The blog's instruction, byte for byte: ASCII commas, full-width question mark.
 BLOG_INSTRUCTION = "回答中国电信手机用户的问题,{question},应该怎么做？"
@@ -77,34 +80,63 @@ def _read_frame(path: Path, encoding: str | None, sheet: str | None) -> tuple[pd
         import io
 
         text, used = _read_text(path, encoding)
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False,
-                            skip_blank_lines=False)
+        if not text.strip():
+            raise TlfError(f"{path}: empty file; expected a header line and data rows")
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as error:
+            raise TlfError(f"{path}: not a readable CSV file ({error})") from None
         return frame, 2, used
     if suffix in (".xlsx", ".xls"):
         try:
             frame = pd.read_excel(path, sheet_name=sheet or 0, dtype=str, keep_default_na=False)
         except ValueError as error:  # unknown sheet name
             raise TlfError(f"{path}: {error}") from error
+        except Exception as error:  # openpyxl/xlrd raise their own kinds for a file that is not a workbook
+            raise TlfError(f"{path}: not a readable {suffix} workbook ({type(error).__name__}: {error})") from None
         return frame, 2, "xlsx"
     if suffix == ".jsonl":
         text, used = _read_text(path, encoding)
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            try:
-                records.append(json.loads(line) if line.strip() else {})
-            except json.JSONDecodeError as error:
-                raise TlfError(f"{path}: line {number}: not a JSON object ({error.msg})") from error
-        return pd.DataFrame(records, dtype=str).fillna(""), 1, used
+        records = [_json_record(line, path, f"line {number}") if line.strip() else {}
+                   for number, line in enumerate(text.splitlines(), start=1)]
+        return _frame(records), 1, used
     if suffix == ".json":
         text, used = _read_text(path, encoding)
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise TlfError(f"{path}: line {error.lineno}: invalid JSON ({error.msg})") from error
+        records = _json_value(text, path)
         if not isinstance(records, list):
             raise TlfError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-        return pd.DataFrame(records, dtype=str).fillna(""), 1, used
+        for number, record in enumerate(records, start=1):
+            _check_record(record, path, f"record {number}")
+        return _frame(records), 1, used
     raise TlfError(f"{path}: unsupported file type {suffix!r}; expected one of {READABLE_SUFFIXES}")
+
+
+def _json_value(text: str, path: Path, where: str = ""):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        place = where or f"line {error.lineno}"
+        raise TlfError(f"{path}: {place}: invalid JSON ({error.msg})") from None
+    except RecursionError:
+        raise TlfError(f"{path}: {where or 'the file'}: JSON nested too deeply") from None
+
+
+def _json_record(line: str, path: Path, where: str) -> dict:
+    return _check_record(_json_value(line, path, where), path, where)
+
+
+def _check_record(record, path: Path, where: str) -> dict:
+    """A raw record is an object whose values are text or numbers (a nested value is no answer)."""
+    if not isinstance(record, dict):
+        raise TlfError(f"{path}: {where}: expected a JSON object of columns, got {type(record).__name__}")
+    for key, value in record.items():
+        if isinstance(value, (dict, list)):
+            raise TlfError(f"{path}: {where}, column {key!r}: expected text, got a JSON {type(value).__name__}")
+    return record
+
+
+def _frame(records: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(records, dtype=str).fillna("")
 
 
 def read_raw(
@@ -156,9 +188,11 @@ def read_raw(
 
 
 def to_alpaca(rows: list[RawRow], instruction: str = BLOG_INSTRUCTION) -> list[dict[str, str]]:
+    """The question put into the instruction by plain replacement of ``{question}``: no format
+    string, so a brace elsewhere in the template is text, never a field lookup."""
     if "{question}" not in instruction:
         raise TlfError(f"instruction template {instruction!r} has no {{question}} placeholder")
-    return [{"instruction": instruction.format(question=r.question), "input": "", "output": r.answer}
+    return [{"instruction": instruction.replace("{question}", r.question), "input": "", "output": r.answer}
             for r in rows]
 
 
@@ -221,6 +255,7 @@ def import_rows(rows: list[RawRow], source: Path, out_dir: Path, name: str,
         "source_lines": [r.line for r in rows],
     }
     data_file, meta_file = out_dir / f"{name}.json", out_dir / f"{name}.meta.json"
+    refuse_inputs([data_file, meta_file], (Path(source),))
     meta_payload = (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     for path, blob in ((data_file, payload), (meta_file, meta_payload)):
         if path.exists() and not force and path.read_bytes() != blob:
@@ -233,18 +268,29 @@ def import_rows(rows: list[RawRow], source: Path, out_dir: Path, name: str,
 def load_imported(data_file: Path) -> tuple[list[dict], list[str], dict]:
     """Alpaca records, their categories (from the meta file, else derived), and the meta."""
     data_file = Path(data_file)
-    try:
-        records = json.loads(data_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TlfError(f"{data_file}: cannot read Alpaca JSON ({error})") from error
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "output" in r for r in records):
-        raise TlfError(f"{data_file}: expected a list of records with 'instruction' and 'output'")
+    records = read_json_file(data_file, "Alpaca JSON")
+    if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("output"), str)
+                                                and isinstance(r.get("instruction"), str) for r in records):
+        raise TlfError(f"{data_file}: expected a list of records with 'instruction' and 'output' strings")
     meta_file = data_file.with_name(data_file.stem + ".meta.json")
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
+    meta = read_json_file(meta_file, "import metadata") if meta_file.exists() else {}
+    if not isinstance(meta, dict):
+        raise TlfError(f"{meta_file}: expected the JSON object `tlf data import` writes")
     categories = meta.get("categories") or [category_of(str(r["output"])) for r in records]
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise TlfError(f"{meta_file}: categories: expected a list of class names")
     if len(categories) != len(records):
         raise TlfError(f"{meta_file}: {len(categories)} categories for {len(records)} records")
     return records, categories, meta
+
+
+def read_json_file(path: Path, what: str):
+    """A JSON file's value; an unreadable or invalid file is named with what was expected."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise TlfError(f"{path}: cannot read {what} ({getattr(error, 'strerror', None) or error})") from None
+    return _json_value(text, Path(path))
 
 
 # ---------------------------------------------------------------- splitting
@@ -268,8 +314,9 @@ class SplitPlan:
 
 
 def _check_name(name: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise TlfError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' only")
+    guard.component(name, "dataset name", "data set name")
 
 
 def largest_remainder(total: int, counts: dict[str, int], caps: dict[str, int]) -> dict[str, int]:
@@ -437,20 +484,33 @@ def render_splits(records: list[dict], categories: list[str], plan: SplitPlan, m
 
 
 def write_splits(out_dir: Path, files: dict[str, bytes], manifest: dict, force: bool = False,
-                 register_into: Path | None = None) -> None:
-    """Write every subset, then the manifest, then register; refuse before writing anything."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, blob in files.items():
-        path = out_dir / name
-        if path.exists() and not force and path.read_bytes() != blob:
+                 register_into: Path | None = None, inputs: tuple[Path, ...] = ()) -> None:
+    """The subsets, the manifest and the dataset_info.json entries, all or none: every check is
+    made before anything is written, and a fault while writing (a full disk) leaves no part."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TlfError(f"--out {out_dir}: is a file; expected a directory for the subsets")
+    targets: dict[Path, bytes] = {out_dir / name: blob for name, blob in files.items()}
+    for path, blob in targets.items():
+        if path.is_dir() or (path.exists() and not force and path.read_bytes() != blob):
             raise TlfError(f"{path} exists with different content; pass --force to overwrite")
+    targets[out_dir / MANIFEST] = (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     info = register_into or out_dir / DATA_INFO
+    refuse_inputs([*targets, info], inputs)
     entries = split_entries(manifest["splits"], out_dir, info)
-    check_registration(info, entries, force)
-    for name, blob in files.items():
-        atomic_write(out_dir / name, blob)
-    atomic_write(out_dir / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
-    register(info, entries, force)
+    merged_info(info, entries, force)          # a refusal here writes nothing
+    with _info_lock(info):
+        merged = merged_info(info, entries, force)
+        write_all({**targets, **({info: merged} if merged is not None else {})})
+
+
+def refuse_inputs(outputs, inputs) -> None:
+    """No output may be one of the command's inputs (or a directory)."""
+    sources = {os.path.realpath(p) for p in inputs}
+    for path in outputs:
+        if os.path.realpath(path) in sources:
+            raise TlfError(f"{path}: is one of this command's inputs; write the output elsewhere")
+        if Path(path).is_dir():
+            raise TlfError(f"{path}: is a directory; expected a file there")
 
 
 def split_entries(splits: dict, split_dir: Path, info: Path) -> dict[str, dict]:
@@ -477,7 +537,9 @@ def _load_info(info: Path) -> dict:
     try:
         loaded = json.loads(info.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TlfError(f"{info}: not valid JSON ({error}); refusing to touch it") from error
+        raise TlfError(f"{info}: not valid JSON ({error}); refusing to touch it") from None
+    except RecursionError:
+        raise TlfError(f"{info}: not valid JSON (nested too deeply); refusing to touch it") from None
     if not isinstance(loaded, dict):
         raise TlfError(f"{info}: expected a JSON object of dataset entries")
     return loaded
@@ -491,27 +553,38 @@ def check_registration(info: Path, entries: dict[str, dict], force: bool) -> Non
                            f"(has {json.dumps(existing[name], ensure_ascii=False)}); pass --force to replace it")
 
 
-def register(info: Path, entries: dict[str, dict], force: bool = False) -> list[str]:
+def merged_info(info: Path, entries: dict[str, dict], force: bool = False) -> bytes | None:
+    """``info`` with ``entries`` merged in, every other entry and the order kept; None when every
+    entry is there already. A different entry under the same name is refused unless ``force``."""
+    existing = _load_info(info)
+    check_registration(info, entries, force)
+    if all(existing.get(name) == entry for name, entry in entries.items()):
+        return None
+    merged = {**existing, **entries}
+    return (json.dumps(merged, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _info_lock(info: Path):
+    """Registrations into one dataset_info.json queue behind each other; the lock leaves no file."""
+    return lock.transient(info) if info.parent.is_dir() else contextlib.nullcontext()
+
+
+def register(info: Path, entries: dict[str, dict], force: bool = False, inputs: tuple[Path, ...] = ()) -> list[str]:
     """Merge ``entries`` into ``info`` under a lock, keeping every other entry and the order.
 
     Returns the names that changed. An identical entry is a no-op; a different one under
-    the same name is refused unless ``force`` (then replaced in place).
+    the same name is refused unless ``force`` (then replaced in place). A refusal leaves the
+    directory as it was: no lock file, no new directory.
     """
-    from filelock import FileLock
-
     info = Path(info)
-    info.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(info) + ".lock", timeout=60):
-        existing = _load_info(info)
-        check_registration(info, entries, force)
-        changed = [n for n, e in entries.items() if existing.get(n) != e]
-        if not changed:
-            return []
-        merged = dict(existing)
-        for name in changed:
-            merged[name] = entries[name]
-        atomic_write(info, json.dumps(merged, ensure_ascii=False, indent=2) + "\n")
-        return changed
+    refuse_inputs([info], inputs)
+    merged_info(info, entries, force)
+    with _info_lock(info):
+        before = _load_info(info)
+        merged = merged_info(info, entries, force)
+        if merged is not None:
+            write_all({info: merged})
+    return [name for name, entry in entries.items() if before.get(name) != entry]
 
 
 # ---------------------------------------------------------------- checks
@@ -523,18 +596,44 @@ class CheckReport:
     problems: list[str]
 
 
-def check(manifest_path: Path) -> CheckReport:
-    """Leakage between train and test subsets, duplicates, empty answers, class counts."""
+def read_manifest(manifest_path: Path) -> tuple[Path, dict]:
+    """A split manifest (or the directory holding one): its path and its splits, checked."""
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / MANIFEST
     if not manifest_path.exists():
         raise TlfError(f"{manifest_path}: no split manifest; run `tlf data split` first")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_json_file(manifest_path, "split manifest")
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict):
+        raise TlfError(f"{manifest_path}: not the split manifest `tlf data split` writes (no 'splits' object)")
+    for name, split in splits.items():
+        _check_name(name)
+        if not isinstance(split, dict) or split.get("role", "train") not in ("train", "test"):
+            raise TlfError(f"{manifest_path}: splits.{name}: expected an object with its file and role (train or test)")
+        guard.component(split.get("file"), f"{manifest_path}: splits.{name}.file", "file name")
+        counts = split.get("class_counts", {})
+        if not isinstance(counts, dict) or not all(type(n) is int and n >= 0 for n in counts.values()):
+            raise TlfError(f"{manifest_path}: splits.{name}.class_counts: expected class -> row count")
+    return manifest_path, manifest
+
+
+def _read_subset(path: Path) -> list[dict]:
+    records = read_json_file(path, "subset")
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k, ""), str) for k in ("instruction", "input", "output"))
+            for r in records):
+        raise TlfError(f"{path}: expected a list of Alpaca records (instruction, input, output strings)")
+    return [{"instruction": r.get("instruction", ""), "input": r.get("input", ""), "output": r.get("output", "")}
+            for r in records]
+
+
+def check(manifest_path: Path) -> CheckReport:
+    """Leakage between train and test subsets, duplicates, empty answers, class counts."""
+    manifest_path, manifest = read_manifest(manifest_path)
     base = manifest_path.parent
-    loaded = {name: json.loads((base / s["file"]).read_text(encoding="utf-8"))
-              for name, s in manifest["splits"].items()}
-    problems: list[str] = list(manifest.get("warnings", []))
+    loaded = {name: _read_subset(base / s["file"]) for name, s in manifest["splits"].items()}
+    problems: list[str] = [str(w) for w in manifest.get("warnings", []) if isinstance(w, str)]
     for name, records in loaded.items():
         pairs = Counter((r["instruction"], r["input"], r["output"]) for r in records)
         duplicates = sum(n - 1 for n in pairs.values() if n > 1)
@@ -543,23 +642,29 @@ def check(manifest_path: Path) -> CheckReport:
         empty = sum(1 for r in records if not str(r["output"]).strip())
         if empty:
             problems.append(f"{name}: {empty} empty answers")
-    roles = {n: s["role"] for n, s in manifest["splits"].items()}
+    roles = {n: s.get("role", "train") for n, s in manifest["splits"].items()}
     for test in [n for n, r in roles.items() if r == "test"]:
-        test_q = {r["instruction"] for r in loaded[test]}
-        test_norm = {normalise_question(r["instruction"]) for r in loaded[test]}
-        test_qa = {(r["instruction"], r["output"]) for r in loaded[test]}
-        for train in [n for n, r in roles.items() if r == "train"]:
-            same_q = sum(1 for r in loaded[train] if r["instruction"] in test_q)
-            same_norm = sum(1 for r in loaded[train] if normalise_question(r["instruction"]) in test_norm)
-            same_qa = sum(1 for r in loaded[train] if (r["instruction"], r["output"]) in test_qa)
-            if same_qa or same_q or same_norm:
-                problems.append(f"leakage {train} -> {test}: {train} rows whose question+answer is in "
-                                f"{test}: {same_qa}; same question: {same_q}; same question after "
-                                f"normalising (NFKC, case, spaces, punctuation): {same_norm}")
-    counts = {n: s["class_counts"] for n, s in manifest["splits"].items()}
+        problems += _leakage(loaded, test, [n for n, r in roles.items() if r == "train"])
+    counts = {n: s.get("class_counts", {}) for n, s in manifest["splits"].items()}
     table = pd.DataFrame(counts).fillna(0).astype(int)
     table.loc["total"] = table.sum()
     return CheckReport(table=table, problems=problems)
+
+
+def _leakage(loaded: dict[str, list[dict]], test: str, trains: list[str]) -> list[str]:
+    test_q = {r["instruction"] for r in loaded[test]}
+    test_norm = {normalise_question(r["instruction"]) for r in loaded[test]}
+    test_qa = {(r["instruction"], r["output"]) for r in loaded[test]}
+    problems = []
+    for train in trains:
+        same_q = sum(1 for r in loaded[train] if r["instruction"] in test_q)
+        same_norm = sum(1 for r in loaded[train] if normalise_question(r["instruction"]) in test_norm)
+        same_qa = sum(1 for r in loaded[train] if (r["instruction"], r["output"]) in test_qa)
+        if same_qa or same_q or same_norm:
+            problems.append(f"leakage {train} -> {test}: {train} rows whose question+answer is in "
+                            f"{test}: {same_qa}; same question: {same_q}; same question after "
+                            f"normalising (NFKC, case, spaces, punctuation): {same_norm}")
+    return problems
 
 
 def prepare_synthetic(root: Path, n_rows: int = 5000, seed: int = 0, mode: str = "holdout",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -33,26 +34,68 @@ def default_mode(directory: bool = False) -> int:
 
 def atomic_write(path: Path, payload: bytes | str) -> None:
     """Write to a temporary file beside ``path`` then rename: readers never see half a file.
-    The file gets the mode a plain write would give it (a replaced file keeps its own mode),
-    not mkstemp's 0600: other users of a shared tree must still read it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = payload.encode("utf-8") if isinstance(payload, str) else payload
+    See write_all: a symbolic link is written through, a replaced file keeps its mode and owner."""
+    write_all({Path(path): payload})
+
+
+def write_all(files: dict[Path, bytes | str]) -> None:
+    """Files that belong together appear all or none. Each is first written whole to a temporary
+    file beside its target (a full disk fails here, before anything is visible); only then are
+    they renamed into place. On a failure the temporary files and the directories this call
+    created are removed. New files get the mode a plain write would give them (0644 under umask
+    022), not mkstemp's 0600: other users of a shared tree must still read them; a replaced file
+    keeps its mode and, where allowed, its owner. A symbolic link is written through (its target
+    is replaced), never replaced by a regular file."""
+    created: list[Path] = []
+    staged: list[tuple[str, Path]] = []
     try:
-        mode = path.stat().st_mode & 0o7777
+        for path, payload in files.items():
+            target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+            _make_dirs(target.parent, created)
+            blob = payload.encode("utf-8") if isinstance(payload, str) else payload
+            staged.append((_stage(target, blob), target))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _target in staged:
+            Path(tmp).unlink(missing_ok=True)
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+def _make_dirs(directory: Path, created: list[Path]) -> None:
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir()
+        created.append(path)
+
+
+def _stage(target: Path, blob: bytes) -> str:
+    """``blob`` in a temporary file beside ``target``, with the mode (and owner) it should end with."""
+    try:
+        existing = target.stat()
+        mode, owner = existing.st_mode & 0o7777, (existing.st_uid, existing.st_gid)
     except OSError:
-        mode = default_mode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        mode, owner = default_mode(), None
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", dir=target.parent)
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(fd, mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, *owner)
             handle.write(blob)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 MAX_YAML_NODES = 100_000     # a spec or profile has hundreds; an alias bomb has billions
@@ -74,6 +117,8 @@ def load_yaml_strict(blob: bytes, path: Path) -> tuple[object, dict[tuple, int]]
             loader.dispose()
     except UnicodeDecodeError as error:
         raise TlfError(f"{path}: not UTF-8 ({error})") from None
+    except RecursionError:
+        raise TlfError(f"{path}: nested too deeply to read (a spec or profile is a few levels deep)") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import TlfError
@@ -115,3 +115,45 @@ def hold(directory: Path, what: str, wait: bool = False, echo=None, step: str | 
             _write(fd, None)    # empty: released cleanly
     finally:
         os.close(fd)            # closing drops the flock
+
+
+@contextmanager
+def transient(target: Path, timeout: float = 60.0):
+    """An exclusive lock for rewriting ``target`` (another tool's file, e.g. LLaMA-Factory's
+    dataset_info.json) that leaves nothing behind: ``.<name>.tlf-lock`` beside it exists only
+    while held. Unlinking a lock file is safe because a taker checks, once it holds the lock,
+    that the path still names the file it locked, and otherwise tries again."""
+    path = Path(target).parent / f".{Path(target).name}.tlf-lock"
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
+        try:
+            _lock_until(fd, path, deadline)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)        # the holder before us removed it: take the new one
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _lock_until(fd: int, path: Path, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise Busy(f"{path}: another tlf process has held this lock for a minute; try again") from None
+            time.sleep(0.05)
+        except OSError as error:
+            _unsupported(path.parent, error)

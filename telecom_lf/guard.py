@@ -1,0 +1,115 @@
+"""The one place where untrusted strings become shell, YAML or paths.
+
+Every string tlf did not write itself (spec and profile values, file and directory names, data
+set names from a dataset_info.json, run names built from sweep values) is hostile until checked
+here: it may hold a newline, ``../`` or ``$(...)``, and it may be a million characters long.
+
+- ``text``: refuses control characters (newline, CR, NUL, the other C0 codes and DEL). A
+  newline in a value that reaches a script or a comment line would start a line of its own.
+- ``component``: a plain file-name component: one non-empty name, not ``.`` or ``..``, no
+  ``/``, no control character, at most MAX_COMPONENT_BYTES bytes (room for ``predict-<name>.yaml``
+  within the 255 bytes a file name may have).
+- ``inside``: a path, resolved (symbolic links followed), that must lie under its root.
+- ``shell``: a value quoted for bash (``shlex.quote``) after ``text``.
+- ``integer``/``boolean``: typed values with bounds; YAML's ``"false"`` is not a boolean.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from pathlib import Path
+
+from .errors import TlfError
+
+class Refused(TlfError):
+    """A value refused by a guard; ``detail`` is the message without the place, for callers
+    that name the place themselves (a spec's file:line: key)."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"{where}: {detail}" if where else detail)
+        self.detail = detail
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_COMPONENT_BYTES = 200
+CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL", "\t": "a tab"}
+
+
+def _control_name(value: str) -> str | None:
+    found = CONTROL.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    return CONTROL_NAMES.get(char, f"the control character {char!r}")
+
+
+def text(value, where: str, what: str = "value") -> str:
+    """``value`` as a string without control characters; ``where`` names the file, line and key."""
+    if not isinstance(value, str):
+        raise Refused(where, f"expected a string {what}, got {type(value).__name__} {_short(value)}")
+    problem = _control_name(value)
+    if problem:
+        raise Refused(where, f"{_short(value)} holds {problem}; a {what} must be one line of printable text")
+    return value
+
+
+def component(value, where: str, what: str = "name") -> str:
+    """A plain file-name component: tlf puts it into a path, never lets it leave its directory."""
+    text(value, where, what)
+    if value in ("", ".", "..") or "/" in value or "\\" in value:
+        raise Refused(where, f"{_short(value)} is not a plain {what}: it becomes a directory or file name, "
+                       "so it must be one non-empty name without '/' and not '.' or '..'")
+    size = len(value.encode("utf-8"))
+    if size > MAX_COMPONENT_BYTES:
+        raise Refused(where, f"{_short(value)} is {size} bytes long; a {what} becomes a file name and may have "
+                       f"at most {MAX_COMPONENT_BYTES} bytes")
+    return value
+
+
+def inside(path: Path, root: Path, where: str) -> Path:
+    """``path`` resolved (links followed) if it lies under ``root`` (resolved too), else refused."""
+    resolved, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if resolved != top and top not in resolved.parents:
+        raise Refused(where, f"{path} lies outside {root} (it resolves to {resolved}); tlf reads and "
+                             "writes a tree only inside it")
+    return resolved
+
+
+def shell(value, where: str = "value") -> str:
+    """A value quoted as one bash word."""
+    return shlex.quote(text(str(value) if isinstance(value, (int, float)) else value, where))
+
+
+def integer(value, where: str, low: int, high: int) -> int:
+    """A whole number (not a boolean, not a string) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Refused(where, f"expected a whole number from {low} to {high}, got {_short(value)}")
+    if not low <= value <= high:
+        raise Refused(where, f"{value} is out of range; expected {low} to {high}")
+    return value
+
+
+def number(value, where: str, low: float, high: float, unit: str = "") -> float:
+    """A finite number (not a boolean) with low < value <= high."""
+    expected = f"a number{f' of {unit}' if unit else ''} above {low:g} and at most {high:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Refused(where, f"expected {expected}, got {_short(value)}")
+    if not low < value <= high:
+        raise Refused(where, f"{value} is out of range; expected {expected}")
+    return value
+
+
+def boolean(value, where: str) -> bool:
+    """true or false as YAML booleans: the string "false" is truthy in Python and is refused."""
+    if not isinstance(value, bool):
+        raise Refused(where, f"expected true or false, got {_short(value)}"
+                       + (" (a quoted string, not a YAML boolean)" if isinstance(value, str) else ""))
+    return value
+
+
+def _short(value, limit: int = 80) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + f"... ({len(shown)} characters)"
