@@ -40,6 +40,33 @@ class _Group(click.Group):
         except TlfError as error:
             click.echo(f"tlf: error: {error}", err=True)
             sys.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except OSError as error:   # the machine, not the input: a full disk, a permission, a vanished file
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"tlf: {where}{error.strerror or error}", err=True)
+            sys.exit(1)
+        except Exception as error:
+            click.echo(f"tlf: internal error (a bug in tlf, not in your input): {type(error).__name__}: "
+                       f"{str(error)[:300]}; {_save_traceback()}", err=True)
+            sys.exit(1)
+
+
+def _save_traceback() -> str:
+    """The traceback of the exception being handled, in a file under ~/.cache/tlf/crashes/."""
+    import os
+    import time
+    import traceback
+
+    text = f"tlf {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}"
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlf" / "crashes"
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(text, encoding="utf-8")
+        return f"the traceback is in {path}; please report it with the command you ran"
+    except OSError:
+        return "the traceback follows; please report it\n" + text
 
 
 _Group.group_class = _Group
@@ -58,7 +85,8 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--rows", "n_rows", type=click.IntRange(min=1), default=5000, show_default=True)
+@click.option("--rows", "n_rows", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True,
+              help="Rows to write (at most a million: the competition has 5000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV/XLSX/JSON/JSONL file, by suffix, with the competition's columns.")
@@ -128,7 +156,8 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
     plan = data_stage.plan_splits(categories, requests, seed, mode, questions)
     files, manifest = data_stage.render_splits(records, categories, plan, meta, imported)
     out_dir = out_dir or imported.parent
-    data_stage.write_splits(out_dir, files, manifest, force, register_into)
+    inputs = (imported, imported.with_name(imported.stem + ".meta.json"))
+    data_stage.write_splits(out_dir, files, manifest, force, register_into, inputs)
     for warning in plan.warnings:
         click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
     for name, split in manifest["splits"].items():
@@ -167,16 +196,13 @@ def data_check(split_dir: Path, strict: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace entries of the same name that differ.")
 def data_register(manifest: Path, info: Path, force: bool) -> None:
     """Merge a split's entries into another dataset_info.json, keeping all its entries."""
-    import json
-
     from . import data as data_stage
 
-    manifest = manifest / data_stage.MANIFEST if manifest.is_dir() else manifest
-    if not manifest.exists():
-        raise TlfError(f"{manifest}: no split manifest")
-    splits = json.loads(manifest.read_text(encoding="utf-8"))["splits"]
+    manifest, content = data_stage.read_manifest(manifest)
+    splits = content["splits"]
     entries = data_stage.split_entries(splits, manifest.parent, info)
-    changed = data_stage.register(info, entries, force)
+    inputs = (manifest, *(manifest.parent / split["file"] for split in splits.values()))
+    changed = data_stage.register(info, entries, force, inputs)
     click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
 
 

@@ -12,12 +12,19 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from . import guard
 from .errors import TlfError
 from .fsutil import load_yaml_strict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A #SBATCH value is parsed by Slurm, not the shell: keep it to characters that need no quoting.
-SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:/@%=+\-\[\]]+$")
+# Use it with fullmatch: `$` would let a trailing newline through.
+SBATCH_VALUE = re.compile(r"[A-Za-z0-9_.,:/@%=+\-\[\]]+")
+# Bounds checked before anything is rendered: a typo of 10**9 cards must not expand a 10**9-item
+# device list (or ask Slurm for it).
+INTEGER_RANGES = {"gpus_per_node": (0, 64), "cpus_per_gpu": (1, 1024), "nodes": (1, 1024),
+                  "signal_seconds": (1, 86_400), "array_parallel": (1, 10_000)}
+MAX_GPU_MEMORY_GB = 4096
 
 
 def resource_dir(name: str) -> Path:
@@ -109,28 +116,46 @@ def load_profile(name: str, spec_dir: Path | None = None, overrides: dict | None
 def _check_profile(profile: Profile, path: Path) -> None:
     for key in ("partition", "gres", "time", "mem", "account", "qos", "constraint"):
         value = getattr(profile, key)
-        if value is not None and not SBATCH_VALUE.match(str(value)):
+        if value is not None and (isinstance(value, (bool, list, dict)) or not SBATCH_VALUE.fullmatch(str(value))):
             raise BadProfileValue(path, key, f"{value!r} has characters an #SBATCH line cannot carry "
                                              "(spaces, quotes, $, `, newlines)")
-    for key in ("gpus_per_node", "cpus_per_gpu", "nodes", "signal_seconds", "array_parallel"):
-        value = getattr(profile, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "gpus_per_node" else 1):
-            raise BadProfileValue(path, key, f"expected a positive integer, got {value!r}")
+    for key, (low, high) in INTEGER_RANGES.items():
+        _guarded(path, key, guard.integer, getattr(profile, key), "", low, high)
+    for key in ("requeue", "emulate_devices"):
+        _guarded(path, key, guard.boolean, getattr(profile, key), "")
     for key in ("extra_sbatch", "setup"):
         if not isinstance(getattr(profile, key), list):
             raise BadProfileValue(path, key, f"expected a list, got {type(getattr(profile, key)).__name__}")
+        for line in getattr(profile, key):
+            _guarded(path, key, guard.text, line, "", "list entry")   # one entry is one line
     for line in profile.extra_sbatch:
-        if "\n" in str(line) or not str(line).startswith("--"):
+        if not line.startswith("--"):
             raise BadProfileValue(path, "extra_sbatch", f"{line!r} must be one '--option[=value]' per entry")
-    memory = profile.gpu_memory_gb
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
-        raise BadProfileValue(path, "gpu_memory_gb", f"expected a positive number of GB or null, got {memory!r}")
+    if profile.gpu_memory_gb is not None:
+        _guarded(path, "gpu_memory_gb", guard.number, profile.gpu_memory_gb, "", 0, MAX_GPU_MEMORY_GB, "GB")
     if profile.precision not in (None, "fp16", "bf16"):
         raise BadProfileValue(path, "precision", f"expected fp16, bf16 or null, got {profile.precision!r}")
+    if profile.python is not None:
+        _guarded(path, "python", guard.text, profile.python, "", "path")
+    _check_env(profile, path)
+
+
+def _check_env(profile: Profile, path: Path) -> None:
     if not isinstance(profile.env, dict):
         raise BadProfileValue(path, "env", "expected a mapping of variable -> value")
-    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(profile.visible_devices_var)):
+    if not isinstance(profile.visible_devices_var, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*",
+                                                                            profile.visible_devices_var):
         raise BadProfileValue(path, "visible_devices_var", "not an environment variable name")
-    for key in profile.env:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+    for key, value in profile.env.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise BadProfileValue(path, "env", f"{key!r} is not an environment variable name")
+        if isinstance(value, (dict, list)) or value is None:
+            raise BadProfileValue(path, "env", f"{key}: expected a text or number value, got {value!r}")
+        _guarded(path, "env", guard.text, str(value), "", "value")
+
+
+def _guarded(path: Path, key: str, check, *args):
+    try:
+        return check(*args)
+    except guard.Refused as error:
+        raise BadProfileValue(path, key, error.detail) from None

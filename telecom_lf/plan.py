@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import lfargs
+from . import lfargs, rundir
 from .errors import TlfError
 from .spec import Spec
 
@@ -143,8 +143,35 @@ def map_targets(spec: Spec, model_name: str, model_path: str, args: dict) -> dic
     return {**args, "lora_target": ",".join(modules)}
 
 
+DEFAULT_MAX_RUNS = 1000
+
+
+def count_runs(spec: Spec) -> int:
+    """How many runs ``expand`` would make, from the list lengths alone (nothing is expanded)."""
+    sweep, points = spec.sweep, 1
+    if sweep is not None:
+        for values in sweep.grid.values():
+            points *= len(values)
+        for group in sweep.zip:
+            points *= len(next(iter(group.values()), []))
+        if sweep.vary:
+            points *= 1 + sum(len(values) for values in sweep.vary.values())
+    per_model = (points if spec.train is not None else 1) + (spec.baseline == "upstream")
+    return per_model * len(spec.models)
+
+
+def _refuse_huge(spec: Spec) -> None:
+    limit = spec.sweep.max_runs if spec.sweep else DEFAULT_MAX_RUNS
+    total = count_runs(spec)
+    if total > limit:
+        raise TlfError(f"{spec.where('sweep')}: the experiment would have {total:,} runs, more than sweep.max_runs "
+                       f"= {limit:,}; shorten the lists, or raise sweep.max_runs (in the spec, or "
+                       f"--set sweep.max_runs={total}) if you mean it")
+
+
 def expand(spec: Spec) -> list[RunPlan]:
     """Every run of the experiment, in a stable order: models x sweep points, then baseline."""
+    _refuse_huge(spec)
     runs: list[RunPlan] = []
     multi_model = len(spec.models) > 1
     for model_name, model_path in spec.models.items():
@@ -167,6 +194,7 @@ def expand(spec: Spec) -> list[RunPlan]:
                                 model_path=model_path, train_args=args, is_baseline=True))
     seen: dict[str, RunPlan] = {}
     for run in runs:
+        rundir.check_run_name(run.name, f"{spec.path}: run {run.name!r} (from {run.varied or 'the name'})")
         if run.name in seen:
             raise TlfError(f"{spec.path}: two runs are both named {run.name!r} (the sweep repeats a point)")
         seen[run.name] = run

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, compat, dora, lfargs, rundir, slurm
+from . import __version__, compat, dora, guard, lfargs, rundir, slurm
 from . import plan as plan_mod
 from .errors import TlfError
-from .fsutil import atomic_write, sha256_bytes
+from .fsutil import sha256_bytes, write_all
 from .plan import RunPlan
 from .rundir import MANIFEST, TRAIN_DIR, TRAIN_FILE, predict_dir, predict_file
 from .spec import Spec
@@ -175,11 +175,15 @@ def _save_steps(spec: Spec, args: dict) -> int:
     """About ten checkpoints per run, so a requeued or interrupted job loses little work."""
     import math
 
-    data_file = spec.data_dir / spec.datasets[spec.train_set]["file_name"]
+    file_name = spec.datasets[spec.train_set].get("file_name")
+    if file_name is None:
+        raise TlfError(f"{spec.where('data', 'train')}: {spec.train_set} has no local file_name, so tlf cannot count "
+                       "its rows to choose save_steps; set train.save_steps")
+    data_file = spec.data_dir / file_name
     try:
         rows = _row_count(data_file)
-    except (OSError, ValueError) as error:
-        raise TlfError(f"{spec.where('data', 'train')}: cannot read {data_file} ({error})") from error
+    except (OSError, ValueError, TypeError, RecursionError) as error:
+        raise TlfError(f"{spec.where('data', 'train')}: cannot read {data_file} as a list of rows ({error})") from None
     if args.get("max_samples"):
         rows = min(rows, int(args["max_samples"]))
     table = lfargs.table()
@@ -261,7 +265,10 @@ def git_commit(start: Path) -> str | None:
 @lru_cache(maxsize=None)
 def _row_count(data_file: Path) -> int:
     """Rows of an Alpaca JSON file; read once, not once per sweep point."""
-    return len(json.loads(data_file.read_text(encoding="utf-8")))
+    rows = json.loads(data_file.read_text(encoding="utf-8"))
+    if not isinstance(rows, list):
+        raise TypeError(f"a JSON {type(rows).__name__}, not a list")
+    return len(rows)
 
 
 # LLaMA-Factory's argument groups, in the order its train parser reads them.
@@ -378,9 +385,36 @@ def _only_provenance_differs(path: Path, blob: bytes) -> bool:
         return False
 
 
+def _root_of(files: dict[Path, bytes]) -> Path:
+    """The experiment directory of a rendering: where its experiment.json goes."""
+    return next(path.parent for path in files if path.name == rundir.EXPERIMENT)
+
+
+def _refuse_other_experiment(root: Path, blob: bytes) -> None:
+    """An experiment directory belongs to one spec: a second spec with the same name would replace
+    its scripts and experiment.json, and its finished runs would drop out of the report."""
+    existing = rundir.read_json(root / rundir.EXPERIMENT)
+    if not (root / rundir.EXPERIMENT).exists():
+        return
+    theirs = existing.get("spec") if isinstance(existing, dict) else None
+    ours = json.loads(blob)["spec"]
+    if theirs != ours:
+        raise TlfError(f"{root}: already holds experiment {root.name!r} rendered from "
+                       f"{theirs or 'an unreadable experiment.json'}, not from {ours}; give this spec another "
+                       "name: or --out, or pass --force to take the directory over")
+
+
 def plan_writes(files: dict[Path, bytes], force: bool = False) -> list[Path]:
     """The files that differ from what is on disk. Refuses, before anything is written, to change a
-    run that has outputs (unless forced): the same check for a dry run and a real one."""
+    run that has outputs (unless forced), to write through a link out of the experiment directory,
+    and to take over another spec's experiment: the same checks for a dry run and a real one."""
+    root = _root_of(files)
+    for directory in sorted({path.parent for path in files}):
+        rundir.refuse_symlinks(directory)   # a run directory or the experiment's, each a real directory
+    for path in files:
+        guard.inside(path, root, "rendering")
+    if not force:
+        _refuse_other_experiment(root, files[root / rundir.EXPERIMENT])
     changed = [p for p, blob in files.items() if not p.exists() or p.read_bytes() != blob]
     if not force:
         for path in changed:
@@ -391,11 +425,10 @@ def plan_writes(files: dict[Path, bytes], force: bool = False) -> list[Path]:
 
 
 def write_files(files: dict[Path, bytes], force: bool = False, changed: list[Path] | None = None) -> list[Path]:
-    """Write what changed (each file whole, atomically); refuse to change a started run.
-    ``changed``: plan_writes' answer when the caller has it already (nothing is read twice)."""
+    """Write what changed, all or none (a full disk leaves no run half-rendered); refuse to change a
+    started run. ``changed``: plan_writes' answer when the caller has it already (nothing is read twice)."""
     changed = plan_writes(files, force) if changed is None else changed
-    for path in changed:
-        atomic_write(path, files[path])
+    write_all({path: files[path] for path in changed})
     return changed
 
 

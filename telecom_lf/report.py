@@ -68,12 +68,20 @@ def _trainer_log(train_dir: Path) -> list[dict]:
     path = train_dir / "trainer_log.jsonl"
     entries = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                entries.append(json.loads(line))
-            except ValueError:
+                entry = json.loads(line)
+            except (ValueError, RecursionError):
                 continue
+            if isinstance(entry, dict):
+                entries.append(entry)
     return entries
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON object written by LLaMA-Factory or a step; anything else reads as nothing."""
+    value = rundir.read_json(path)
+    return value if isinstance(value, dict) else {}
 
 
 def _number(value) -> bool:
@@ -93,12 +101,14 @@ def gather(root: Path) -> tuple[dict, list[RunRecord]]:
     for run in experiment["runs"]:
         run_dir = root / run["name"]
         train_dir = run_dir / rundir.TRAIN_DIR
-        results = rundir.read_json(train_dir / "train_results.json") or {}
-        scores = (rundir.read_json(run_dir / rundir.SCORES) or {}).get("sets", {})
+        results = _read_object(train_dir / "train_results.json")
+        scores = _read_object(run_dir / rundir.SCORES).get("sets")
+        scores = {k: v for k, v in scores.items() if isinstance(v, dict)} if isinstance(scores, dict) else {}
         adapter = train_dir / "adapter_model.safetensors"
         weights = adapter if adapter.exists() else train_dir / "model.safetensors"
         log = _trainer_log(train_dir)
-        losses = [(int(e["current_steps"]), float(e["loss"])) for e in log if _number(e.get("loss"))]
+        losses = [(int(e["current_steps"]), float(e["loss"])) for e in log
+                  if _number(e.get("loss")) and _number(e.get("current_steps"))]
         # LLaMA-Factory logs memory only with RECORD_VRAM=1 (tlf's jobs set it).
         peak = [e["vram_allocated"] for e in log if _number(e.get("vram_allocated")) and e["vram_allocated"] > 0]
         row = {

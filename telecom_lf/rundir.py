@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import guard
 from .errors import TlfError
 from .fsutil import atomic_write, sha256_file
 
@@ -44,6 +45,8 @@ SUBMIT_SCRIPT = "submit.sh"
 DATASETS_FILE = "datasets.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
                 "adapter_model.bin", "pytorch_model.bin")
+# What an experiment directory holds beside its runs: no run may be named like one of them.
+EXPERIMENT_ENTRIES = (EXPERIMENT, JOBS, LOGS, REPORT_DIR, ARRAY_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT)
 JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")    # what sbatch returns, or <array>_<task>
 STATES = ("rendered", "training", "trained", "predicted", "done", "failed")
 
@@ -86,7 +89,10 @@ class Experiment:
 
     @classmethod
     def at(cls, out: Path, name: str) -> "Experiment":
-        return cls(Path(out).resolve() / name)
+        guard.text(str(out), "--out", "path")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise TlfError(f"--out {out}: is a file; expected the runs directory")
+        return cls(Path(out).resolve() / guard.component(name, "experiment name"))
 
     def run_dir(self, run_name: str) -> Path:
         return self.root / run_name
@@ -100,6 +106,15 @@ class Experiment:
         record = read_json(self.root / EXPERIMENT)
         if not isinstance(record, dict):
             raise TlfError(f"{self.root}: no readable {EXPERIMENT}; render the experiment first")
+        where = f"{self.root / EXPERIMENT}"
+        runs, sets = record.get("runs"), record.get("predict_sets")
+        if not isinstance(runs, list) or not isinstance(sets, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("varied", {}), dict) for r in runs):
+            raise TlfError(f"{where}: not the experiment record tlf writes (runs, predict_sets); re-render the spec")
+        for name in sets:
+            guard.component(name, f"{where}: predict_sets", "data set name")
+        for run in runs:
+            check_run_name(run.get("name"), f"{where}: runs")
         return record
 
     def jobs(self) -> list[dict]:
@@ -115,6 +130,17 @@ class Experiment:
 
     def add_jobs(self, record: dict) -> None:
         atomic_write(self.root / JOBS, json.dumps([*self.jobs(), record], indent=2) + "\n")
+
+
+def check_run_name(name: str, where: str) -> str:
+    """A run's name is its directory under the experiment: a plain name, not one of the
+    experiment's own entries (report/, logs/, jobs.json ...), not hidden."""
+    guard.component(name, where, "run name")
+    if name in EXPERIMENT_ENTRIES or name.startswith("."):
+        raise TlfError(f"{where}: run name {name!r} would collide with the experiment's own "
+                       f"{'hidden files' if name.startswith('.') else name}; "
+                       f"run names may not be {', '.join(EXPERIMENT_ENTRIES)} or begin with '.'")
+    return name
 
 
 def submission_ids(record: dict) -> list:
@@ -183,6 +209,14 @@ def open_run(run_dir: Path) -> Run:
     manifest = read_json(run_dir / MANIFEST)
     if not isinstance(manifest, dict) or "predict_sets" not in manifest:
         raise TlfError(f"{run_dir}: not a rendered run (no readable {MANIFEST}); run `tlf render` first")
+    where = f"{run_dir / MANIFEST}"
+    sets, files = manifest.get("predict_sets"), manifest.get("files", {})
+    if not isinstance(sets, list) or not isinstance(files, dict) or not isinstance(manifest.get("model", {}), dict):
+        raise TlfError(f"{where}: not the manifest tlf writes (predict_sets, files, model); re-render the spec")
+    for name in sets:
+        guard.component(name, f"{where}: predict_sets", "data set name")
+    for name in files:
+        guard.inside(run_dir / guard.text(name, f"{where}: files", "file name"), run_dir, f"{where}: files")
     return Run(run_dir, manifest)
 
 

@@ -24,6 +24,11 @@ from pathlib import Path
 from .errors import TlfError
 
 LONG_THRESHOLD = 10
+# ROUGE's LCS costs time and memory in the product of the two lengths (measured here: two
+# 2,000-character answers take ~2 s, two 10,000-character ones 35 s). A row above this product is
+# refused by name (or skipped with --skip-bad) instead of running for minutes: a predicted answer
+# of 1024 tokens against a 1,000-character label stays well inside it.
+MAX_PAIR_CHARS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,15 @@ def read_predictions(path: Path, skip_bad: bool = False) -> ReadResult:
                 problem = f"missing key(s) {missing}"
             elif not isinstance(record["predict"], str) or not isinstance(record["label"], str):
                 problem = "'predict' and 'label' must be strings"
+            elif len(record["predict"]) * len(record["label"]) > MAX_PAIR_CHARS:
+                problem = (f"predict ({len(record['predict']):,} characters) x label ({len(record['label']):,}) is "
+                           f"over {MAX_PAIR_CHARS:,} character pairs, more than ROUGE's LCS can score in seconds")
         except UnicodeDecodeError as error:
             problem = f"not UTF-8 ({error.reason} at byte {error.start})"
         except (json.JSONDecodeError, ValueError) as error:
             problem = f"not valid JSON ({error})"
+        except RecursionError:
+            problem = "JSON nested too deeply"
         if problem:
             message = f"{path}: line {number}: {problem}"
             if not skip_bad:
@@ -210,11 +220,17 @@ def categories_for(manifest_path: Path, split: str) -> list[str]:
         manifest_path = manifest_path / "split_manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TlfError(f"{manifest_path}: cannot read split manifest ({error})") from error
-    if split not in manifest.get("splits", {}):
-        raise TlfError(f"{manifest_path}: no split {split!r}; has {sorted(manifest.get('splits', {}))}")
-    return manifest["splits"][split]["categories"]
+    except (OSError, ValueError, RecursionError) as error:
+        raise TlfError(f"{manifest_path}: cannot read split manifest ({error})") from None
+    splits = manifest.get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict):
+        raise TlfError(f"{manifest_path}: not the split manifest `tlf data split` writes (no 'splits' object)")
+    if split not in splits:
+        raise TlfError(f"{manifest_path}: no split {split!r}; has {sorted(map(str, splits))}")
+    categories = splits[split].get("categories") if isinstance(splits[split], dict) else None
+    if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
+        raise TlfError(f"{manifest_path}: splits.{split}.categories: expected a list of class names")
+    return categories
 
 
 def format_table(scores: dict) -> str:

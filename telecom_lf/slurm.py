@@ -16,24 +16,33 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__
+from . import __version__, guard
 from .errors import TlfError
 from .cluster import SBATCH_VALUE, Profile, resource_dir
 from .rundir import ARRAY_SCRIPT, JOB_SCRIPT, LOGS, REPORT_SCRIPT, SUBMIT_SCRIPT, chain
 from .spec import Spec
 
 
+def _one_line(value):
+    """Every value a template puts into a script stays on its line: a newline in one would start a
+    shell line of its own (before `set -euo pipefail`, in a header comment). Values are checked
+    where they enter (spec, profile, names); this is the backstop."""
+    if isinstance(value, str) and guard.CONTROL.search(value):
+        raise TlfError(f"tlf bug: a value with a control character reached a script: {value!r}")
+    return value
+
+
 def _environment():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             autoescape=False)
+                             autoescape=False, finalize=_one_line)
     env.filters["q"] = lambda value: shlex.quote(str(value))
     return env
 
 
 def _safe_path(path: Path) -> str:
     text = str(path)
-    if not SBATCH_VALUE.match(text):
+    if not SBATCH_VALUE.fullmatch(text):
         raise TlfError(f"{text}: the run directory is used in #SBATCH --output and must not contain "
                        "spaces, quotes or shell characters; choose another --out")
     return text

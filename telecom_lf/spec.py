@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from . import lfargs
+from . import guard, lfargs
 from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
 from .compat import BLOG_TEMPLATE_FOR
 from .errors import TlfError
@@ -28,7 +28,8 @@ DECODING = ("greedy", "sampled")
 RESERVED = {"model_name_or_path", "adapter_name_or_path", "dataset", "eval_dataset", "dataset_dir",
             "output_dir", "do_train", "do_predict", "do_eval", "stage", "template", "seed"}
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-TIE_RE = re.compile(r"^\s*(?:(?P<k1>[0-9.]+)\s*\*\s*(?P<n1>[a-z_]+)|(?P<n2>[a-z_]+)(?:\s*\*\s*(?P<k2>[0-9.]+))?)\s*$")
+NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+TIE_RE = re.compile(rf" *(?:(?P<k1>{NUMBER}) *\* *(?P<n1>[a-z_]+)|(?P<n2>[a-z_]+)(?: *\* *(?P<k2>{NUMBER}))?) *")
 # A path that does not exist here but reads like `owner/model`: a hub id, resolved at run time.
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -84,6 +85,8 @@ class SweepKeys:
     zip: list = _key([], "groups of argument -> equal-length lists that move together")
     vary: dict = _key({}, "argument -> values tried one at a time around train: (the blog's A/B method)")
     tie: dict = _key({}, "argument -> '<number> * <argument>', e.g. lora_alpha: 2 * lora_rank")
+    max_runs: int = _key(1000, "refuse a sweep of more runs than this, counted before anything is expanded "
+                               "(raise it here or with --set sweep.max_runs=N)")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class Sweep:
     zip: list[dict[str, list]] = field(default_factory=list)
     vary: dict[str, list] = field(default_factory=dict)
     tie: list[Tie] = field(default_factory=list)
+    max_runs: int = 1000
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,7 @@ class _Checker:
         if not isinstance(mapping, dict):
             self.fail(prefix, f"expected a mapping of LLaMA-Factory arguments, got {type(mapping).__name__}")
             return
+        self.strings(mapping, prefix)
         for key, value in _normalise_targets(mapping).items():
             if key in RESERVED:
                 self.fail(prefix + (key,), "set by tlf from the spec's model/data/prompt keys; remove it here")
@@ -235,6 +240,26 @@ class _Checker:
             problem = lfargs.check_value(str(key), value)
             if problem:
                 self.fail(prefix + (key,), problem)
+
+    def guarded(self, path: tuple, check, *args):
+        """A guard check (guard.text, guard.component, ...) whose refusal is collected at ``path``."""
+        try:
+            return check(*args)
+        except guard.Refused as error:
+            self.fail(path, error.detail)
+            return None
+
+    def strings(self, value, path: tuple) -> None:
+        """Every string inside ``value`` must be one line: it reaches a rendered file."""
+        if isinstance(value, str):
+            self.guarded(path, guard.text, value, "")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.strings(key, path)
+                self.strings(item, path + (key,))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self.strings(item, path + (index,))
 
     def raise_if_any(self) -> None:
         if self.problems:
@@ -259,6 +284,7 @@ def _parse_sweep(raw, check: _Checker) -> Sweep | None:
         check.fail(("sweep",), "expected a mapping with grid/zip/vary/tie")
         return None
     check.keys(raw, SWEEP_KEYS, ("sweep",))
+    check.strings(raw, ("sweep",))
     grid = raw.get("grid") or {}
     vary = raw.get("vary") or {}
     for section, mapping in (("grid", grid), ("vary", vary)):
@@ -290,9 +316,26 @@ def _parse_sweep(raw, check: _Checker) -> Sweep | None:
                 problem = lfargs.check_value(str(key), _normalise_targets({key: value})[key])
                 if problem:
                     check.fail(("sweep", "zip", g, key, i), problem)
+    ties = _parse_ties(raw.get("tie") or {}, check)
+    swept = set(grid) | set(vary) | {k for g in groups if isinstance(g, dict) for k in g}
+    for tie in ties:
+        if tie.target in swept:
+            check.fail(("sweep", "tie", tie.target), "is both swept and tied; keep one")
+    max_runs = raw.get("max_runs", 1000)
+    check.guarded(("sweep", "max_runs"), guard.integer, max_runs, "", 1, 10**9)
+    return Sweep(grid=dict(grid) if isinstance(grid, dict) else {},
+                 zip=[dict(g) for g in groups if isinstance(g, dict)],
+                 vary=dict(vary) if isinstance(vary, dict) else {}, tie=ties, max_runs=max_runs)
+
+
+def _parse_ties(raw_ties, check: _Checker) -> list[Tie]:
+    if not isinstance(raw_ties, dict):
+        check.fail(("sweep", "tie"), "expected a mapping of argument -> '<number> * <argument>', "
+                                     "e.g. lora_alpha: 2 * lora_rank")
+        return []
     ties = []
-    for target, expression in (raw.get("tie") or {}).items():
-        match = TIE_RE.match(str(expression))
+    for target, expression in raw_ties.items():
+        match = TIE_RE.fullmatch(str(expression)) if isinstance(expression, (str, int, float)) else None
         if not match:
             check.fail(("sweep", "tie", target), f"expected '<number> * <argument>', got {expression!r}")
             continue
@@ -303,13 +346,7 @@ def _parse_sweep(raw, check: _Checker) -> Sweep | None:
         if lfargs.table().get(source) is None:
             check.fail(("sweep", "tie", target), f"ties to unknown argument {source!r}{lfargs.suggest(source, lfargs.table())}")
         ties.append(Tie(target, source, factor))
-    swept = set(grid) | set(vary) | {k for g in groups if isinstance(g, dict) for k in g}
-    for tie in ties:
-        if tie.target in swept:
-            check.fail(("sweep", "tie", tie.target), "is both swept and tied; keep one")
-    return Sweep(grid=dict(grid) if isinstance(grid, dict) else {},
-                 zip=[dict(g) for g in groups if isinstance(g, dict)],
-                 vary=dict(vary) if isinstance(vary, dict) else {}, tie=ties)
+    return ties
 
 
 def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
@@ -322,8 +359,10 @@ def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
             value = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise TlfError(f"--set {override!r}: value is not valid YAML ({error})") from error
-        node = raw
         parts = key.strip().split(".")
+        if not all(parts) or guard.CONTROL.search(key):
+            raise TlfError(f"--set {override!r}: KEY is dotted names, e.g. train.learning_rate")
+        node = raw
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
@@ -343,6 +382,7 @@ def load(path: Path, overrides: list[str] | None = None, require_model: bool = T
     ``require_model=False`` (status, report: they only need to find the runs) accepts a local
     model directory that is gone."""
     path = Path(path)
+    guard.text(str(path.absolute()), "the spec's path", "path")   # it is written into every rendered header
     raw, lines, _blob = _load_yaml(path)
     if overrides:
         raw = apply_overrides(raw, overrides, path)
@@ -377,14 +417,19 @@ def _parse_models(raw: dict, check: _Checker, base: Path, require_model: bool = 
     if isinstance(models_raw, str):
         models = {Path(models_raw).name or "model": models_raw}
     elif isinstance(models_raw, dict) and models_raw:
-        models = {str(k): str(v) for k, v in models_raw.items()}
+        models = {str(k): v for k, v in models_raw.items()}
     else:
         check.fail(("model",), "expected a model path, or 'models:' mapping name -> path")
         models = {}
+    for name, given in list(models.items()):
+        key = ("model",) if "model" in raw else ("models", name)
+        if check.guarded(key, guard.text, given, "", "model path") is None:
+            models.pop(name)
     notes = []
     for name, given in list(models.items()):
-        if not NAME_RE.fullmatch(name) or ".." in name:
-            check.fail(("models", name), "model names use letters, digits and _ . + - only")
+        if not NAME_RE.fullmatch(name) or ".." in name or len(name) > guard.MAX_COMPONENT_BYTES:
+            check.fail(("models", name), f"model names use letters, digits and _ . + - only, at most "
+                                         f"{guard.MAX_COMPONENT_BYTES} of them")
         key = ("model",) if "model" in raw else ("models", name)
         fail = (lambda message, key=key: check.fail(key, message)) if require_model else (lambda message: None)
         models[name], note = _model_location(given, base, fail)
@@ -422,7 +467,19 @@ def _parse_data(raw: dict, check: _Checker, base: Path) -> dict:
     predict_sets = data.get("predict") or []
     if isinstance(predict_sets, str):
         predict_sets = [predict_sets]
-    return {"data_dir": (base / str(data.get("dir", "data"))).resolve(), "train_set": data.get("train"),
+    if not isinstance(predict_sets, list):
+        check.fail(("data", "predict"), "expected a list of registered data set names")
+        predict_sets = []
+    train_set = data.get("train")
+    # Data set names become file and directory names (predict-<SET>.yaml, predict-<SET>/).
+    for key, name in [(("data", "train"), train_set)] * (train_set is not None) + [
+            (("data", "predict", i), n) for i, n in enumerate(predict_sets)]:
+        check.guarded(key, guard.component, name, "", "data set name")
+    for i, name in enumerate(predict_sets):
+        if name in predict_sets[:i]:
+            check.fail(("data", "predict", i), f"{name!r} is listed twice")
+    directory = check.guarded(("data", "dir"), guard.text, data.get("dir", "data"), "", "directory")
+    return {"data_dir": (base / (directory or "data")).resolve(), "train_set": train_set,
             "predict_sets": list(predict_sets)}
 
 
@@ -461,23 +518,26 @@ def _parse_arguments(raw: dict, check: _Checker, _base: Path) -> dict:
         check.fail(("data", "train"), "a spec with train: arguments needs data.train (a dataset name)")
     if not data.get("train") and not data.get("predict"):
         check.fail(("data",), "nothing to do: give data.train and/or data.predict")
-    return {"train": _normalise_targets(train or {}) if train is not None else None,
+    return {"train": _normalise_targets(train) if isinstance(train, dict) else None,
             "predict": dict(predict) if isinstance(predict, dict) else {}}
 
 
 def _parse_experiment(raw: dict, check: _Checker, path_dir: Path) -> dict:
     seed = raw.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        check.fail(("seed",), f"expected an integer, got {seed!r}")
+    check.guarded(("seed",), guard.integer, seed, "", 0, 2**32 - 1)   # numpy's seeds are 32-bit
+    if not isinstance(raw.get("description", ""), (str, type(None))):
+        check.fail(("description",), "expected text")
     baseline = raw.get("baseline")
     if baseline not in (None, "upstream"):
         check.fail(("baseline",), f"expected 'upstream' (LLaMA-Factory's own defaults), got {baseline!r}")
     if baseline and raw.get("train") is None:
         check.fail(("baseline",), "a baseline needs a training run to compare with")
     name = str(raw.get("name") or check.path.stem)
-    if not NAME_RE.fullmatch(name) or ".." in name:
-        check.fail(("name",), "experiment names use letters, digits and _ . + - only")
+    if not NAME_RE.fullmatch(name) or ".." in name or len(name) > guard.MAX_COMPONENT_BYTES:
+        check.fail(("name",), f"experiment names use letters, digits and _ . + - only, at most "
+                              f"{guard.MAX_COMPONENT_BYTES} of them (the name is a directory)")
     return {"name": name, "seed": seed, "baseline": baseline, "sweep": _parse_sweep(raw.get("sweep"), check)}
+
 
 
 def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
@@ -485,10 +545,8 @@ def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
     if speed not in SPEEDS:
         check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
     micro_batch = raw.get("micro_batch")
-    if micro_batch is not None:
-        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
-            check.fail(("micro_batch",), f"expected a positive whole number of rows, got {micro_batch!r}")
-        elif speed != "fast":
+    if micro_batch is not None and check.guarded(("micro_batch",), guard.integer, micro_batch, "", 1, 1_000_000):
+        if speed != "fast":
             check.fail(("micro_batch",), "micro_batch sets the `speed: fast` profile's micro-batch; add speed: fast "
                                          "(as written, the micro-batch is train.per_device_train_batch_size)")
     dora_kernel = raw.get("dora_kernel")
@@ -501,6 +559,9 @@ def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
 def _parse_cluster(raw: dict, check: _Checker, _base: Path) -> dict:
     slurm = _section(raw, "slurm", PROFILE_KEYS, check, "a mapping of Slurm overrides")
     cluster = raw.get("cluster")
+    if cluster is not None and not isinstance(cluster, str):
+        check.fail(("cluster",), f"expected a profile name, got {type(cluster).__name__}")
+        cluster = None
     if slurm and not cluster:
         check.fail(("slurm",), "slurm: overrides keys of a cluster profile, and this spec names none; add "
                                "cluster: (dcu, nvidia, local-test or your own profile)")
@@ -533,10 +594,17 @@ def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -
         raise TlfError(f"{where}: {info_path} does not exist; run `tlf data split` or fix data.dir")
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TlfError(f"{info_path}: not valid JSON ({error})") from error
+    except (OSError, ValueError, RecursionError) as error:
+        raise TlfError(f"{info_path}: not valid JSON ({error})") from None
+    if not isinstance(info, dict):
+        raise TlfError(f"{info_path}: expected a JSON object of data set entries")
     for name in names:
         if name not in info:
             raise TlfError(f"{where}: dataset {name!r} is not registered in {info_path}"
                            f"{lfargs.suggest(name, info)}")
+        entry = info[name]
+        if not isinstance(entry, dict):
+            raise TlfError(f"{info_path}: entry {name!r}: expected a data set object (file_name, columns, ...)")
+        if "file_name" in entry:
+            guard.text(entry["file_name"], f"{info_path}: entry {name!r}: file_name", "file name")
     return {name: info[name] for name in names}

@@ -76,10 +76,10 @@ def test_submit_sh_walks_the_same_chain_and_kills_on_invalid_dependencies(tiny_g
     ("slurm: {partition: 'debug; rm -rf /'}\n", "partition: 'debug; rm -rf /' has characters"),
     ("slurm: {qos: \"$(touch /tmp/pwned)\"}\n", "qos: '$(touch /tmp/pwned)' has characters"),
     ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
-    ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "one '--option[=value]' per entry"),
+    ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "extra_sbatch: '--exclusive\\n#SBATCH --x' holds a newline"),
     ("slurm: {setup: 'source env.sh'}\n", "slurm.setup: expected a list"),
     # a spec's own bad value is named by the spec's file, line and key, not by the profile's file
-    ("slurm:\n  gpu_memory_gb: lots\n", "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a positive number of GB"),
+    ("slurm:\n  gpu_memory_gb: lots\n", "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a number of GB above 0"),
     ("slurm:\n  partiton: debug\n", "hostile.yaml:{line}: slurm.partiton: unknown key"),
 ])
 def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, tmp_path, extra, message):

@@ -16,7 +16,7 @@ PACKAGE = REPO / "telecom_lf"
 # contract below every stage; then the stages in the order data flows; the CLI on top.
 LAYERS = [
     {"__init__", "errors"},
-    {"fsutil"},
+    {"fsutil", "guard"},
     {"rundir"},
     {"compat", "synth", "dora", "lock"},
     {"lfargs"},
