@@ -56,8 +56,24 @@ PYEOF
   echo "$stamp" > "$VENV/.tlf-stamp"
 }
 
+browser() {
+  # Debian's Chromium (and a CJK font, so screenshots show the Chinese questions) for the test
+  # that opens report.html in a real browser; with TLF_REQUIRE_BROWSER=1 that test fails, not
+  # skips, without it.
+  command -v chromium >/dev/null && return 0
+  [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null || { echo "[tlf] no chromium, and no root apt-get to install it" >&2; return 0; }
+  echo "[tlf] installing Debian's chromium for the report's browser test (first run only)" >&2
+  local packages=(chromium fonts-wqy-zenhei)
+  local -x DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${packages[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${packages[@]}" >/dev/null; } \
+    || echo "[tlf] installing chromium failed: the browser test will fail" >&2
+}
+
 run_tests() {
   setup
+  browser
+  export TLF_REQUIRE_BROWSER=1
   local slurm_started=0
   if [[ "${TLF_SKIP_SLURM:-0}" != 1 ]]; then
     # The slurm-marked tests submit real jobs; with TLF_REQUIRE_SLURM=1 they fail (not skip)

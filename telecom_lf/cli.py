@@ -362,11 +362,18 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
         sys.exit(130)
-    click.echo(f"\nreport: {result.report}")
+    click.echo("")
+    _print_report(result.report)
     if result.failures:
         click.echo(f"{len(result.failures)} run(s) failed: {', '.join(result.failures)}", err=True)
         sys.exit(1)
-    return result.report, result.table
+    return result.report
+
+
+def _print_report(report) -> None:
+    click.echo(report.terminal)
+    click.echo(f"\nreport: {report.html}\n  open it in a browser (one self-contained file: the sortable table, plots and "
+               f"each question's answers); also report.md and report.csv in {report.directory}")
 
 
 @main.command()
@@ -383,12 +390,8 @@ def demo(out: Path, force: bool) -> None:
     data_dir = demo_mod.prepare_data(out, click.echo)
     base = demo_mod.prepare_base_model(out, click.echo)
     spec = _load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
-    path, table = _run_spec(spec, out / "runs", (), force)
-    columns = ["run", "state", "trainable_params", "final_loss"] + [
-        c for c in table.columns if c.split("[")[0] in ("acc", "long_recall", "rouge-1")]
-    click.echo("")
-    click.echo(table[columns].to_string(index=False))
-    click.echo(f"\nreport with plots: {path}  ({time.monotonic() - started:.0f} s)")
+    _run_spec(spec, out / "runs", (), force)
+    click.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")
 
 
 @main.command()
@@ -526,9 +529,7 @@ def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, roo
         if spec_path is None:
             raise TlfError("give SPEC or --root EXPERIMENT_DIR")
         root = render_mod.layout(_load_spec(spec_path, overrides, require_model=False), runs_root).root
-    path, table = report_mod.write_report(root, report_dir)
-    click.echo(table.to_string(index=False))
-    click.echo(f"\nreport: {path}")
+    _print_report(report_mod.write_report(root, report_dir))
 
 
 # ---------------------------------------------------------------- using what a study found

@@ -69,7 +69,7 @@ def prepare_base_model(out: Path, echo) -> Path:
     atomic_write(work / "pretrain.yaml", yaml.safe_dump(config, sort_keys=False))
     echo("base model: pre-training the tiny Gemma on unlabelled telecom text (stage pt) ...")
     rc = executor.run_child([sys.executable, "-m", "telecom_lf.lf_entry", "train", str(work / "pretrain.yaml")],
-                          work / "pretrain.log", (base / "trainer_log.jsonl", "pre-train"))
+                          work / "pretrain.log", executor.Progress(base / "trainer_log.jsonl", "pre-train"))
     if rc != 0:
         raise TlfError(f"pre-training the demo's base model failed; log: {work / 'pretrain.log'}")
     return base

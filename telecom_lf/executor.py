@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from . import lfargs, lock, rundir, score
@@ -80,9 +81,26 @@ def _smi(tool: str) -> str:
 # ---------------------------------------------------------------- child processes
 
 
-def _progress_line(log: Path, label: str) -> str | None:
+@dataclass(frozen=True)
+class Progress:
+    """Where a training process logs its steps, and what of that log is this process's."""
+    log: Path
+    label: str
+    offset: int = 0          # bytes an earlier segment (a resumed run's first job) wrote to the log
+    start_step: int = 0      # the checkpoint step this process resumed from
+
+    @classmethod
+    def resuming(cls, log: Path, label: str, start_step: int = 0) -> "Progress":
+        return cls(log, label, log.stat().st_size if log.exists() else 0, start_step)
+
+
+def _progress_line(progress: Progress) -> str | None:
+    """The latest step this process logged, with its own ETA: LLaMA-Factory's divides the time of
+    this segment by every step since the start, so after a resume it is far too short."""
     try:
-        lines = log.read_text(encoding="utf-8").splitlines()
+        with open(progress.log, "rb") as handle:
+            handle.seek(progress.offset)
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return None
     for line in reversed(lines):
@@ -90,11 +108,19 @@ def _progress_line(log: Path, label: str) -> str | None:
             entry = json.loads(line)
         except ValueError:
             continue
-        if isinstance(entry, dict) and "percentage" in entry:
+        if isinstance(entry, dict) and "percentage" in entry and "current_steps" in entry:
             loss = f" loss {entry['loss']:.4f}" if isinstance(entry.get("loss"), (int, float)) else ""
-            return (f"  {label}: {entry['percentage']:5.1f}% ({entry['current_steps']}/{entry['total_steps']} steps)"
-                    f"{loss}, elapsed {entry.get('elapsed_time', '?')}, ETA {entry.get('remaining_time', '?')}")
+            return (f"  {progress.label}: {entry['percentage']:5.1f}% ({entry['current_steps']}/{entry['total_steps']} "
+                    f"steps){loss}, elapsed {entry.get('elapsed_time', '?')}, ETA {_eta(entry, progress.start_step)}")
     return None
+
+
+def _eta(entry: dict, start_step: int) -> str:
+    elapsed = rundir.elapsed_seconds(entry.get("elapsed_time"))
+    done = entry["current_steps"] - start_step
+    if elapsed is None or done <= 0 or not isinstance(entry.get("total_steps"), int):
+        return "?"
+    return str(timedelta(seconds=int((entry["total_steps"] - entry["current_steps"]) * elapsed / done)))
 
 
 def _default_stop_signals() -> None:
@@ -115,7 +141,7 @@ def _copy_output(source, log, echo: bool) -> None:
             sys.stderr.buffer.flush()
 
 
-def run_child(command: list[str], log_file: Path, progress: tuple[Path, str] | None = None,
+def run_child(command: list[str], log_file: Path, progress: Progress | None = None,
               echo: bool = False) -> int:
     """Run one LLaMA-Factory process; Ctrl-C or SIGTERM stops it cleanly and is re-raised."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +160,7 @@ def run_child(command: list[str], log_file: Path, progress: tuple[Path, str] | N
     return child.returncode
 
 
-def _wait_forwarding_signals(child: subprocess.Popen, progress: tuple[Path, str] | None) -> list[int]:
+def _wait_forwarding_signals(child: subprocess.Popen, progress: Progress | None) -> list[int]:
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -154,7 +180,7 @@ def _wait_forwarding_signals(child: subprocess.Popen, progress: tuple[Path, str]
             except subprocess.TimeoutExpired:
                 if len(received) > 1:
                     os.killpg(child.pid, signal.SIGKILL)
-                line = _progress_line(*progress) if progress else None
+                line = _progress_line(progress) if progress else None
                 if line and line != last:
                     print(line, file=sys.stderr, flush=True)
                     last = line
@@ -219,7 +245,7 @@ def _model_problem(run: Run) -> str | None:
     return None
 
 
-def _run_lf(run: Run, link: str, launch: Launch, progress: tuple[Path, str] | None = None) -> None:
+def _run_lf(run: Run, link: str, launch: Launch, progress: Progress | None = None) -> None:
     """One LLaMA-Factory process for a link; records running -> done, failed (with its cause) or
     interrupted."""
     log = run.step_log(link)
@@ -249,8 +275,19 @@ def step_train(run: Run, launch: Launch = Launch()) -> str:
     for moved in set_aside_incomplete_checkpoints(run.train_dir):
         print(f"tlf: {moved.name}: set aside an incomplete checkpoint (the job was stopped while saving)",
               file=sys.stderr)
-    _run_lf(run, "train", launch, (run.train_dir / "trainer_log.jsonl", "train"))
-    return "trained"
+    resumed = last_checkpoint_step(run.train_dir)
+    if resumed:
+        print(f"tlf: {run.name}: resuming from checkpoint-{resumed} (steps 1-{resumed} were trained by an earlier "
+              "job; LLaMA-Factory goes on from there)", file=sys.stderr, flush=True)
+    _run_lf(run, "train", launch, Progress.resuming(run.train_dir / "trainer_log.jsonl", "train", resumed))
+    return f"trained (resumed from checkpoint-{resumed})" if resumed else "trained"
+
+
+def last_checkpoint_step(train_dir: Path) -> int:
+    """The step of the last checkpoint-N LLaMA-Factory would resume from (0: none)."""
+    steps = [int(p.name.split("-", 1)[1]) for p in train_dir.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return max(steps, default=0)
 
 
 def step_predict(run: Run, dataset: str, launch: Launch = Launch()) -> str:

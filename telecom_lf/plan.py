@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import lfargs, rundir
@@ -55,26 +55,56 @@ class RunPlan:
     train_args: dict | None         # LLaMA-Factory training arguments (None: predict-only probe)
     varied: dict = field(default_factory=dict)   # the arguments that make this run differ
     is_baseline: bool = False
+    point: dict = field(default_factory=dict)    # every swept argument's value in this run, defaults included
+    reference: str | None = None    # the run this one is compared with: its A/B base in a vary sweep
+    label: str | None = None        # what the run is, in words (spec labels:, or tlf's for the baseline)
 
 
-def _points(spec: Spec) -> list[dict]:
+@dataclass(frozen=True)
+class Axis:
+    """One direction of a sweep: the arguments that move together along it (a zip group moves as
+    one; a tied argument follows its source), and how the sweep moves them."""
+    kind: str                       # grid | zip | vary
+    arguments: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return " + ".join(self.arguments)
+
+
+BASELINE_LABEL = "LLaMA-Factory defaults"
+VARY_BASE_LABEL = "A/B base"
+
+
+def axes(spec: Spec) -> list[Axis]:
     sweep = spec.sweep
     if sweep is None:
-        return [{}]
-    axes: list[list[dict]] = [[{key: value} for value in values] for key, values in sweep.grid.items()]
+        return []
+    found = [Axis("grid", (key,)) for key in sweep.grid]
+    found += [Axis("zip", tuple(group)) for group in sweep.zip]
+    found += [Axis("vary", (key,)) for key in sweep.vary]
+    for tie in sweep.tie:   # lora_alpha moves with lora_rank: one axis, not two
+        found = [replace(a, arguments=a.arguments + (tie.target,)) if tie.source in a.arguments else a for a in found]
+    return found
+
+
+def _points(spec: Spec) -> list[tuple[dict, dict | None]]:
+    """Every sweep point, with the point it is compared with (a vary point's base), in order."""
+    sweep = spec.sweep
+    if sweep is None:
+        return [({}, None)]
+    axes_: list[list[dict]] = [[{key: value} for value in values] for key, values in sweep.grid.items()]
     for group in sweep.zip:
         keys = list(group)
-        axes.append([dict(zip(keys, values)) for values in zip(*group.values())])
-    grid = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes)]
-    if not sweep.vary:
-        return grid
-    # One factor at a time, the blog's A/B method: the base point, then each alternative value.
-    points = list(grid)
-    for base in grid:
+        axes_.append([dict(zip(keys, values)) for values in zip(*group.values())])
+    grid = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*axes_)]
+    points: list[tuple[dict, dict | None]] = [(point, None) for point in grid]
+    # One factor at a time, the blog's A/B method: each alternative value against its base point.
+    for base in grid if sweep.vary else []:
         for key, values in sweep.vary.items():
             for value in values:
                 if (spec.train or {}).get(key) != value:
-                    points.append({**base, key: value})
+                    points.append(({**base, key: value}, base))
     return points
 
 
@@ -174,31 +204,55 @@ def expand(spec: Spec) -> list[RunPlan]:
     _refuse_huge(spec)
     runs: list[RunPlan] = []
     multi_model = len(spec.models) > 1
+    swept = [argument for axis in axes(spec) for argument in axis.arguments]
     for model_name, model_path in spec.models.items():
         if spec.train is None:
             runs.append(RunPlan(name=f"{model_name}-probe", model_name=model_name,
                                 model_path=model_path, train_args=None))
             continue
-        for point in _points(spec):
-            args = _apply_ties(spec, {**spec.train, **point})
-            if multi_model:
-                args = map_targets(spec, model_name, model_path, args)
-            ties = spec.sweep.tie if spec.sweep else []
-            varied = {k: args[k] for k in [*point, *(t.source for t in ties), *(t.target for t in ties)] if k in args}
-            name = run_name(varied) if varied else spec.name
-            runs.append(RunPlan(name=_prefixed(model_name, name, multi_model), model_name=model_name,
-                                model_path=model_path, train_args=args, varied=varied))
+        for point, base in _points(spec):
+            run = _sweep_run(spec, model_name, model_path, point, swept, multi_model)
+            reference = _sweep_run(spec, model_name, model_path, base, swept, multi_model).name if base is not None else None
+            label = VARY_BASE_LABEL if spec.sweep and spec.sweep.vary and base is None else None
+            runs.append(replace(run, reference=reference, label=label))
         if spec.baseline == "upstream":
             args = {k: v for k, v in spec.train.items() if k in INFRASTRUCTURE}
             runs.append(RunPlan(name=_prefixed(model_name, BASELINE_NAME, multi_model), model_name=model_name,
-                                model_path=model_path, train_args=args, is_baseline=True))
+                                model_path=model_path, train_args=args, is_baseline=True, label=BASELINE_LABEL,
+                                point={k: _value(args, k) for k in swept}))
     seen: dict[str, RunPlan] = {}
     for run in runs:
         rundir.check_run_name(run.name, f"{spec.path}: run {run.name!r} (from {run.varied or 'the name'})")
         if run.name in seen:
             raise TlfError(f"{spec.path}: two runs are both named {run.name!r} (the sweep repeats a point)")
         seen[run.name] = run
-    return runs
+    return _with_labels(spec, runs)
+
+
+def _sweep_run(spec: Spec, model_name: str, model_path: str, point: dict, swept: list[str],
+               multi_model: bool) -> RunPlan:
+    args = _apply_ties(spec, {**spec.train, **point})
+    if multi_model:
+        args = map_targets(spec, model_name, model_path, args)
+    ties = spec.sweep.tie if spec.sweep else []
+    varied = {k: args[k] for k in [*point, *(t.source for t in ties), *(t.target for t in ties)] if k in args}
+    name = run_name(varied) if varied else spec.name
+    return RunPlan(name=_prefixed(model_name, name, multi_model), model_name=model_name, model_path=model_path,
+                   train_args=args, varied=varied, point={k: _value(args, k) for k in swept})
+
+
+def _value(args: dict, key: str):
+    """An argument's value in a run: as set, else LLaMA-Factory's own default."""
+    return args[key] if key in args else lfargs.table()[key].default
+
+
+def _with_labels(spec: Spec, runs: list[RunPlan]) -> list[RunPlan]:
+    """The spec's labels: (run name -> what it is) on its runs; a name that is no run is refused."""
+    names = [r.name for r in runs]
+    for name in spec.labels:
+        if name not in names:
+            raise TlfError(f"{spec.where('labels', name)}: no run is named {name!r}; runs: {', '.join(names)}")
+    return [replace(r, label=spec.labels.get(r.name, r.label)) for r in runs]
 
 
 def _prefixed(model_name: str, name: str, with_model: bool) -> str:

@@ -366,8 +366,10 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
         "spec": str(spec.path),
         "spec_sha256": spec.sha256,
         "predict_sets": spec.predict_sets,
+        "axes": [{"kind": a.kind, "arguments": list(a.arguments)} for a in plan_mod.axes(spec)],
         "runs": [{"name": r.name, "model": r.model_name, "varied": r.varied, "baseline": r.is_baseline,
-                  "train": r.train_args is not None} for r in runs],
+                  "train": r.train_args is not None, "point": r.point, "reference": r.reference,
+                  "label": r.label} for r in runs],
     }
     files.update(slurm.experiment_files(spec, runs, where.root))
     files[where.root / rundir.EXPERIMENT] = (json.dumps(experiment, ensure_ascii=False, indent=2) + "\n").encode()

@@ -271,6 +271,15 @@ def header_marker(config_path: str | None, key: str) -> str | None:
     return None
 
 
+def elapsed_seconds(text) -> float | None:
+    """LLaMA-Factory's trainer_log.jsonl elapsed_time, ``str(timedelta)``: ``0:00:16``, ``1 day, 2:03:04``."""
+    match = re.fullmatch(r"(?:(\d+) days?, )?(\d+):(\d\d):(\d\d)", str(text or ""))
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
 def read_json(path: Path):
     """A JSON file's value, or None when it is missing or unreadable."""
     try:

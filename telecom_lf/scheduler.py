@@ -29,8 +29,7 @@ class SlurmFailed(Failed):
 
 @dataclass
 class LocalResult:
-    report: Path
-    table: object
+    report: report.Report
     failures: list[str]
 
 
@@ -46,8 +45,7 @@ def run_local(experiment: Experiment, run_names: list[str], echo, warn, wait: bo
         except executor.StepFailed as error:
             warn(f"  FAILED: {error}")
             failures.append(name)
-    path, table = report.write_report(experiment.root)
-    return LocalResult(path, table, failures)
+    return LocalResult(report.write_report(experiment.root), failures)
 
 
 # ---------------------------------------------------------------- Slurm client

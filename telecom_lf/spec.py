@@ -54,6 +54,8 @@ class ExperimentKeys:
     seed: int = _key(42, "LLaMA-Factory's seed for training and predict")
     baseline: str | None = _key(None, "upstream: add a run with LLaMA-Factory's own defaults for every "
                                       "hyper-parameter (only infrastructure settings kept)")
+    labels: dict = _key({}, "run name -> what the run is, shown beside its name in the report and the "
+                            "terminal (e.g. blog configuration)")
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class Spec:
     datasets: dict = field(default_factory=dict)   # the dataset_info.json entries the spec names
     profile: Profile | None = None                 # the cluster profile with slurm: applied, resolved once
     notes: tuple[str, ...] = ()                    # things a user should know that are not errors
+    labels: dict = field(default_factory=dict)     # run name -> what the run is, in words
 
     def line(self, *path) -> int | None:
         while path and path not in self.lines:
@@ -536,8 +539,27 @@ def _parse_experiment(raw: dict, check: _Checker, path_dir: Path) -> dict:
     if not NAME_RE.fullmatch(name) or ".." in name or len(name) > guard.MAX_COMPONENT_BYTES:
         check.fail(("name",), f"experiment names use letters, digits and _ . + - only, at most "
                               f"{guard.MAX_COMPONENT_BYTES} of them (the name is a directory)")
-    return {"name": name, "seed": seed, "baseline": baseline, "sweep": _parse_sweep(raw.get("sweep"), check)}
+    return {"name": name, "seed": seed, "baseline": baseline, "sweep": _parse_sweep(raw.get("sweep"), check),
+            "labels": _parse_labels(raw.get("labels"), check)}
 
+
+MAX_LABEL = 80
+
+
+def _parse_labels(raw, check: _Checker) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        check.fail(("labels",), "expected a mapping of run name -> what the run is")
+        return {}
+    labels = {}
+    for name, label in raw.items():
+        text = check.guarded(("labels", name), guard.text, label, "", "label")
+        if text is not None and len(text) > MAX_LABEL:
+            check.fail(("labels", name), f"a label is at most {MAX_LABEL} characters (a table cell)")
+        elif text is not None:
+            labels[str(name)] = text
+    return labels
 
 
 def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:

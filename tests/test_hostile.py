@@ -191,6 +191,11 @@ SPEC_CASES = [
     render_case("cluster-parent", {"cluster": "../x"}, "cluster profile name '../x'"),
     render_case("cluster-list", {"cluster": ["dcu"]}, "cluster: expected a profile name"),
     render_case("cluster-newline", {"cluster": "dcu\n"}, "cluster profile name 'dcu\\n'"),
+    render_case("labels-list", {"labels": ["h"]}, "labels: expected a mapping of run name -> what the run is"),
+    render_case("labels-newline", {"labels": {"h": "blog\nrm -rf ~"}}, "labels.h: 'blog\\nrm -rf ~' holds a newline"),
+    render_case("labels-long", {"labels": {"h": "x" * 81}}, "labels.h: a label is at most 80 characters"),
+    render_case("labels-int", {"labels": {"h": 5}}, "labels.h: expected a string label"),
+    render_case("labels-unknown-run", {"labels": {"../x": "y"}}, "labels.../x: no run is named '../x'; runs: h"),
     render_case("slurm-without-cluster", {"slurm": {"partition": "debug"}}, "slurm: slurm: overrides keys"),
 ]
 

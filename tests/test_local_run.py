@@ -82,6 +82,16 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
     assert json.loads((train_dir / "train_results.json").read_text())["epoch"] == pytest.approx(6.0)
     report = (out / "resume" / "report" / "report.md").read_text(encoding="utf-8")
     assert "| r2 | done |" in report and "| r4 | done |" in report
+    # said in the terminal, and counted whole in the report: both segments, each step once
+    assert "r4: resuming from checkpoint-" in again.stderr and "trained (resumed from checkpoint-" in again.stdout
+    from telecom_lf import report as report_mod
+
+    r4 = next(r for r in report_mod.gather(out / "resume").records if r.name == "r4")
+    steps = [step for _, step, _ in r4.losses]
+    assert r4.segments == 2 and steps == sorted(set(steps))
+    last = json.loads((train_dir / "train_results.json").read_text())
+    assert r4.row["train_runtime_s"] > last["train_runtime"]
+    assert r4.row["samples_per_s"] < last["train_samples_per_second"]
 
 
 @pytest.mark.unit
@@ -123,3 +133,23 @@ def test_two_launchers_on_one_run_exactly_one_trains(tiny_gemma, telecom_dir, tm
     waited = subprocess.run([tlf_bin(), "run", spec, "--out", out, "--only", "r2", "--wait"],
                             capture_output=True, text=True)
     assert waited.returncode == 0 and "done already, skipped" in waited.stdout
+
+
+@pytest.mark.unit
+def test_the_progress_line_after_a_resume_is_this_jobs_own(tmp_path):
+    """Before the resumed job logs a step, the last line of trainer_log.jsonl is the killed job's:
+    it must not be shown as current; and the ETA comes from the resumed job's own pace, not from
+    LLaMA-Factory's (this segment's time divided by every step since the start)."""
+    from telecom_lf.executor import Progress, _progress_line
+
+    log = tmp_path / "trainer_log.jsonl"
+    old = {"current_steps": 60, "total_steps": 100, "percentage": 60.0, "elapsed_time": "0:01:00",
+           "remaining_time": "0:00:40", "loss": 1.5}
+    log.write_text(json.dumps(old) + "\n")
+    progress = Progress.resuming(log, "train", start_step=60)
+    assert _progress_line(progress) is None
+    with log.open("a") as handle:   # 10 steps in 20 s: 30 steps left take 60 s (LLaMA-Factory says 0:00:04)
+        handle.write(json.dumps({**old, "current_steps": 70, "percentage": 70.0, "elapsed_time": "0:00:20",
+                                 "remaining_time": "0:00:04"}) + "\n")
+    line = _progress_line(progress)
+    assert "(70/100 steps)" in line and line.endswith("ETA 0:01:00")

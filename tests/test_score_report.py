@@ -152,12 +152,37 @@ predict: {{max_samples: 8, max_new_tokens: 12, per_device_eval_batch_size: 8}}
     report_dir = tmp_path / "runs" / "sweep3" / "report"
     table = (report_dir / "report.md").read_text(encoding="utf-8")
     assert "| r2-a4 | done |" in table and "| r8-a16 | done |" in table and "| r4-a8 | rendered |" in table
-    csv = (report_dir / "report.csv").read_text(encoding="utf-8").splitlines()
-    assert len(csv) == 4 and csv[0].startswith("run,state,lora_rank,lora_alpha,trainable_params,adapter_mb")
-    for png in ("loss.png", "metrics_vs_lora_rank.png", "metrics_vs_lora_alpha.png"):
-        assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    params = {line.split(",")[0]: line.split(",")[4] for line in csv[1:]}
-    assert int(params["r8-a16"]) > int(params["r2-a4"]) > 0
+    import csv
+
+    rows = list(csv.DictReader((report_dir / "report.csv").read_text(encoding="utf-8").splitlines()))
+    assert [r["run"] for r in rows] == ["r2-a4", "r4-a8", "r8-a16"]
+    assert list(rows[0])[:5] == ["run", "state", "lora_rank", "lora_alpha", "acc % [telecom_test_100]"]
+    # rank and its tied alpha move together: one plot, not one per argument
+    assert sorted(p.name for p in report_dir.glob("*.png")) == ["loss.png", "metrics_vs_lora_rank+lora_alpha.png"]
+    for png in report_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    params = {r["run"]: r["trainable params"] for r in rows}
+    assert int(params["r8-a16"]) > int(params["r2-a4"]) > 0 and params["r4-a8"] == ""
+    _open_in_chromium(report_dir / "report.html", tmp_path, runs=3, questions=8)
+
+
+def _open_in_chromium(page_path, tmp_path, runs: int, questions: int) -> None:
+    """The report of real runs, in a real browser: no console error, a row per run, every answer."""
+    import os
+
+    from browser import Page, chromium
+
+    if chromium() is None:
+        assert os.environ.get("TLF_REQUIRE_BROWSER") != "1", "no chromium on PATH"
+        return
+    page = Page(page_path.as_uri(), tmp_path / "chromium")
+    try:
+        assert page.evaluate("document.querySelectorAll('#comparison tbody tr').length") == runs
+        assert page.evaluate("document.querySelectorAll('#questions tbody tr').length") == questions
+        page.settle()
+        assert page.errors == []
+    finally:
+        page.close()
 
 
 def test_score_refuses_to_write_its_json_over_the_predictions(tmp_path):

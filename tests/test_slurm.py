@@ -146,6 +146,12 @@ def test_requeued_training_resumes_from_its_checkpoint(tiny_gemma, telecom_dir, 
                       for p in (run_dir / "environment").glob("train-*.json"))
     assert attempts == ["0", "1"], attempts
     assert json.loads((run_dir / "train" / "train_results.json").read_text())["epoch"] == pytest.approx(30.0)
+    # LLaMA-Factory appended the requeued job's steps to trainer_log.jsonl: the report counts each once
+    from telecom_lf import report
+
+    record = report.gather(run_dir.parent).records[0]
+    steps = [step for _, step, _ in record.losses]
+    assert record.segments == 2 and steps == sorted(set(steps))
 
 
 def test_test_only_accepts_both_profiles_and_refuses_impossible_requests(tiny_gemma, telecom_dir, tmp_path):
