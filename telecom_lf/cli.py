@@ -134,6 +134,9 @@ def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answe
               help="blog: also write <prefix>_train_<N> with every row, as the blog did (test rows leak).")
 @click.option("--test-size", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--train-sizes", default="100,400", show_default=True, help="Nested train subset sizes.")
+@click.option("--dev-size", type=click.IntRange(min=0), default=None,
+              help="Rows of <prefix>_dev_<N>, held out from every train subset, for checkpoint selection "
+                   "(default: 200 where the data has them; 0: none).")
 @click.option("--prefix", default="telecom", show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--register-into", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -141,7 +144,7 @@ def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answe
 @click.option("--strict-holdout", is_flag=True,
               help="Keep rows whose normalised question equals a test row's out of the train subsets.")
 @click.option("--force", is_flag=True, help="Overwrite differing files and entries.")
-def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, train_sizes: str,
+def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, train_sizes: str, dev_size: int | None,
                prefix: str, seed: int, register_into: Path | None, strict_holdout: bool, force: bool) -> None:
     """Cut seeded, class-balanced subsets (largest remainder) and register them."""
     from . import data as data_stage
@@ -151,7 +154,7 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
     except ValueError as error:
         raise TlfError(f"--train-sizes {train_sizes!r}: expected comma-separated integers") from error
     records, categories, meta = data_stage.load_imported(imported)
-    requests = data_stage.default_requests(test_size, sizes, prefix, mode)
+    requests = data_stage.default_requests(test_size, sizes, prefix, mode, dev_size)
     questions = [r["instruction"] for r in records] if strict_holdout else None
     plan = data_stage.plan_splits(categories, requests, seed, mode, questions)
     files, manifest = data_stage.render_splits(records, categories, plan, meta, imported)
@@ -164,7 +167,7 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
         click.echo(f"{name:28s} {split['rows']:6d} rows  ({split['role']})")
     if strict_holdout:
         click.echo(f"strict hold-out: {plan.excluded} rows kept out of the train subsets "
-                   "(their normalised question is a test question)")
+                   "(their normalised question is a test or dev question)")
     click.echo(f"manifest: {out_dir / data_stage.MANIFEST}")
 
 

@@ -30,6 +30,7 @@ BLOG_INSTRUCTION = "回答中国电信手机用户的问题,{question},应该怎
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 DATA_INFO = "dataset_info.json"
 MANIFEST = "split_manifest.json"
+ROLES = ("train", "test", "dev")
 READABLE_SUFFIXES = (".csv", ".xlsx", ".xls", ".json", ".jsonl")
 # Tried in order when no --encoding is given: a UTF-8 file (with or without BOM) never
 # decodes as GB18030 by accident in practice, and GB18030 is a superset of GBK/GB2312.
@@ -300,7 +301,8 @@ def read_json_file(path: Path, what: str):
 class SubsetRequest:
     name: str
     size: int | None     # None: every row left in the pool (e.g. train_all)
-    role: str            # "train" or "test"
+    role: str            # "train", "test" or "dev"
+    optional: bool = False   # too few rows left: skipped with a warning instead of refused
 
 
 @dataclass
@@ -346,11 +348,18 @@ def largest_remainder(total: int, counts: dict[str, int], caps: dict[str, int]) 
     return quotas
 
 
+DEV_SIZE = 200   # rows of the dev set checkpoint selection scores on (select: in a spec)
+
+
 def default_requests(test_size: int = 100, train_sizes: tuple[int, ...] = (100, 400),
-                     prefix: str = "telecom", mode: str = "holdout") -> list[SubsetRequest]:
-    """The blog's subsets; ``holdout`` adds ``<prefix>_train_all`` (every row not held out)."""
+                     prefix: str = "telecom", mode: str = "holdout", dev_size: int | None = None) -> list[SubsetRequest]:
+    """The blog's subsets and a dev set (``dev_size`` 0: none; None: DEV_SIZE rows where the data
+    has them left, else none, with a warning); ``holdout`` adds ``<prefix>_train_all``."""
     requests = [SubsetRequest(f"{prefix}_test_{test_size}", test_size, "test")]
     requests += [SubsetRequest(f"{prefix}_train_{n}", n, "train") for n in sorted(set(train_sizes))]
+    if dev_size != 0:
+        size = DEV_SIZE if dev_size is None else dev_size
+        requests.append(SubsetRequest(f"{prefix}_dev_{size}", size, "dev", optional=dev_size is None))
     if mode == "holdout":
         requests.append(SubsetRequest(f"{prefix}_train_all", None, "train"))
     return requests
@@ -366,6 +375,9 @@ def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int 
     on the whole file: its test rows are inside that training set.
     ``questions`` (strict hold-out): rows whose normalised question equals a test row's are
     kept out of the train subsets too, so no test question is seen in another spelling.
+    A dev set (role ``dev``) is cut after the fixed-size train subsets, from rows none of them
+    holds, so they are the same with or without it; ``<prefix>_train_all`` leaves its rows out
+    (and, strict, their near-duplicates). In blog mode ``<prefix>_train_<N>`` holds it too.
     """
     if mode not in ("holdout", "blog"):
         raise TlfError(f"unknown split mode {mode!r}; expected 'holdout' or 'blog'")
@@ -384,13 +396,16 @@ def plan_splits(categories: list[str], requests: list[SubsetRequest], seed: int 
     pool = {c: order[c][taken[c]:] for c in order}
     if questions is not None:
         pool = _strict_holdout(plan, pool, questions)
-    _cut_trains(plan, [r for r in requests if r.role == "train"], counts, pool)
+    trains = [r for r in requests if r.role == "train"]
+    largest = _cut_trains(plan, [r for r in trains if r.size is not None], counts, pool)
+    pool = _cut_dev(plan, [r for r in requests if r.role == "dev"], counts, pool, largest, questions)
+    _cut_trains(plan, [r for r in trains if r.size is None], counts, pool, largest)
     if mode == "blog":
         everything = f"{_prefix(requests)}_train_{len(categories)}"
         plan.subsets[everything], plan.roles[everything] = list(range(len(categories))), "train"
         plan.warnings.append(
             f"blog mode: {everything} holds every row, so the rows of "
-            f"{', '.join(n for n, r in plan.roles.items() if r == 'test')} are inside its "
+            f"{', '.join(n for n, r in plan.roles.items() if r in ('test', 'dev'))} are inside its "
             "training set; scores on them measure recall of seen rows, not generalisation")
     return plan
 
@@ -421,10 +436,11 @@ def _strict_holdout(plan: SplitPlan, pool: dict, questions: list[str]) -> dict:
     return pool
 
 
-def _cut_trains(plan: SplitPlan, trains: list[SubsetRequest], counts: Counter, pool: dict) -> None:
-    """Nested train subsets, smallest first, each inside the next, in the data's proportions."""
+def _cut_trains(plan: SplitPlan, trains: list[SubsetRequest], counts: Counter, pool: dict,
+                previous: dict[str, int] | None = None) -> dict[str, int] | None:
+    """Nested train subsets, smallest first, each inside the next (and inside ``previous``'s
+    quotas), in the data's proportions; returns the largest one's quotas per class."""
     caps = {c: len(rows) for c, rows in pool.items()}
-    previous: dict[str, int] | None = None
     for request in sorted(trains, key=lambda r: math.inf if r.size is None else r.size):
         available = sum(caps.values())
         size = available if request.size is None else request.size
@@ -438,6 +454,40 @@ def _cut_trains(plan: SplitPlan, trains: list[SubsetRequest], counts: Counter, p
         plan.subsets[request.name] = sorted(i for c in pool for i in pool[c][:quotas[c]])
         plan.roles[request.name] = "train"
         previous = quotas
+    return previous
+
+
+def _cut_dev(plan: SplitPlan, devs: list[SubsetRequest], counts: Counter, pool: dict,
+             after: dict[str, int] | None, questions: list[str] | None) -> dict:
+    """The dev set, class-balanced, from the pool rows after the largest fixed-size train subset
+    (strict: none whose normalised question a train subset holds); returns the pool without it
+    (strict: without its near-duplicates either)."""
+    for request in devs:
+        candidates = {c: rows[(after or {}).get(c, 0):] for c, rows in pool.items()}
+        if questions is not None:
+            seen = {normalise_question(questions[i]) for n, r in plan.roles.items() if r == "train"
+                    for i in plan.subsets[n]}
+            candidates = {c: [i for i in rows if normalise_question(questions[i]) not in seen]
+                          for c, rows in candidates.items()}
+        caps = {c: len(rows) for c, rows in candidates.items()}
+        if request.size > sum(caps.values()) and request.optional:
+            plan.warnings.append(f"no dev set: {request.name} needs {request.size} rows and only {sum(caps.values())} "
+                                 "are left after the test and train subsets (pass --dev-size N to cut a smaller one)")
+            continue
+        if request.size > sum(caps.values()):
+            raise TlfError(f"subset {request.name}: asks for {request.size} rows, only {sum(caps.values())} left "
+                           "after the test and train subsets; pass a smaller --dev-size, or --dev-size 0")
+        quotas = largest_remainder(request.size, counts, caps)
+        chosen = {i for c, rows in candidates.items() for i in rows[:quotas[c]]}
+        plan.subsets[request.name], plan.roles[request.name] = sorted(chosen), "dev"
+        drop = set(chosen)
+        if questions is not None:
+            held = {normalise_question(questions[i]) for i in chosen}
+            near = {i for rows in pool.values() for i in rows if normalise_question(questions[i]) in held} - drop
+            plan.excluded += len(near)
+            drop |= near
+        pool = {c: [i for i in rows if i not in drop] for c, rows in pool.items()}
+    return pool
 
 
 def _prefix(requests: list[SubsetRequest]) -> str:
@@ -609,8 +659,9 @@ def read_manifest(manifest_path: Path) -> tuple[Path, dict]:
         raise TlfError(f"{manifest_path}: not the split manifest `tlf data split` writes (no 'splits' object)")
     for name, split in splits.items():
         _check_name(name)
-        if not isinstance(split, dict) or split.get("role", "train") not in ("train", "test"):
-            raise TlfError(f"{manifest_path}: splits.{name}: expected an object with its file and role (train or test)")
+        if not isinstance(split, dict) or split.get("role", "train") not in ROLES:
+            raise TlfError(f"{manifest_path}: splits.{name}: expected an object with its file and role "
+                           f"({', '.join(ROLES)})")
         guard.component(split.get("file"), f"{manifest_path}: splits.{name}.file", "file name")
         counts = split.get("class_counts", {})
         if not isinstance(counts, dict) or not all(type(n) is int and n >= 0 for n in counts.values()):
@@ -643,8 +694,9 @@ def check(manifest_path: Path) -> CheckReport:
         if empty:
             problems.append(f"{name}: {empty} empty answers")
     roles = {n: s.get("role", "train") for n, s in manifest["splits"].items()}
-    for test in [n for n, r in roles.items() if r == "test"]:
-        problems += _leakage(loaded, test, [n for n, r in roles.items() if r == "train"])
+    for held in [n for n, r in roles.items() if r in ("test", "dev")]:
+        others = [n for n, r in roles.items() if r == "train" or (r == "dev" and roles[held] == "test")]
+        problems += _leakage(loaded, held, others)
     counts = {n: s.get("class_counts", {}) for n, s in manifest["splits"].items()}
     table = pd.DataFrame(counts).fillna(0).astype(int)
     table.loc["total"] = table.sum()

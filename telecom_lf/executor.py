@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from . import lfargs, lock, rundir, score
+from . import lfargs, lock, rundir, score, selection
 from .errors import Failed, TlfError
 from .fsutil import atomic_write
 from .rundir import Run
@@ -142,11 +142,11 @@ def _copy_output(source, log, echo: bool) -> None:
 
 
 def run_child(command: list[str], log_file: Path, progress: Progress | None = None,
-              echo: bool = False) -> int:
+              echo: bool = False, env: dict[str, str] | None = None) -> int:
     """Run one LLaMA-Factory process; Ctrl-C or SIGTERM stops it cleanly and is re-raised."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     # RECORD_VRAM: LLaMA-Factory logs peak memory into trainer_log.jsonl only when asked.
-    env = {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1")}
+    env = {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1"), **(env or {})}
     with open(log_file, "ab") as log:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
                                  stderr=subprocess.STDOUT, start_new_session=True,
@@ -297,6 +297,8 @@ def step_predict(run: Run, dataset: str, launch: Launch = Launch()) -> str:
         return "done already, skipped"
     if run.trains and not rundir.train_done(run):
         raise StepFailed(f"{run.name}: cannot predict {dataset}: training has not finished")
+    if run.select and not rundir.select_done(run):
+        raise StepFailed(f"{run.name}: cannot predict {dataset}: checkpoint selection has not finished")
     _run_lf(run, f"predict-{dataset}", Launch(quiet=launch.quiet))
     return "predicted"
 
@@ -342,7 +344,7 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
     rundir.check_rendered(run)
     for link in links:
         with lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait, step=link.name):
-            echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch)}")
+            echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch, echo)}")
 
 
 def reset_run(run_dir: Path, wait: bool = False) -> None:
@@ -356,9 +358,77 @@ def reset_run(run_dir: Path, wait: bool = False) -> None:
         rundir.reset(run.path)
 
 
-def run_link(run: Run, args: tuple[str, ...], launch: Launch) -> str:
+def step_select(run: Run, launch: Launch = Launch(), echo=print) -> str:
+    """Predict the dev set with every checkpoint not predicted yet (one LLaMA-Factory process for
+    all of them), score each, choose the best, prune the others' resume state, link the choice."""
+    if rundir.select_done(run):
+        return "done already, skipped"
+    if not rundir.train_done(run):
+        raise StepFailed(f"{run.name}: cannot select a checkpoint: training has not finished")
+    found = selection.checkpoints(run.train_dir)
+    if not found:
+        raise StepFailed(f"{run.name}: training kept no complete checkpoint to select from in {run.train_dir}")
+    todo = [(step, path) for step, path in found if not selection.predicted(run, step)]
+    if todo:
+        _predict_checkpoints(run, todo, launch)
+    scored = [selection.scores(run, step) for step, _path in found]
+    metric = run.select["metric"]
+    for entry in scored:
+        echo(f"  select: checkpoint-{entry['step']} (epoch {entry.get('epoch')}): {metric} {entry.get(metric)} %")
+    chosen = selection.choose(scored, metric)
+    freed = selection.prune(found)
+    selection.record(run, scored, chosen, freed, found[-1][0])
+    rundir.record_step(run, "select", "done", run.step_log("select"))
+    return (f"checkpoint-{chosen['step']} chosen ({metric} {chosen[metric]} % on {run.select['on']}; "
+            f"{len(todo)} of {len(found)} predicted now; {freed / 2**20:.1f} MiB of optimizer state pruned)")
+
+
+def _predict_checkpoints(run: Run, todo: list[tuple[int, Path]], launch: Launch) -> None:
+    """One `tlf-lf select` process over the checkpoints, on one card; recorded like any step."""
+    log = run.step_log("select")
+    rundir.record_step(run, "select", "running", log)
+    record_environment(run, "select")
+    key = "model_name_or_path" if _full_fine_tuning(run) else "adapter_name_or_path"
+    command = [sys.executable, "-m", "telecom_lf.lf_entry", "select", str(run.config("select")), key]
+    for step, path in todo:
+        command += [str(path), str(selection.output_dir(run, step))]
+    try:
+        rc = run_child(command, log, echo=not launch.quiet, env=_one_card())
+    except KeyboardInterrupt:
+        rundir.record_step(run, "select", "interrupted", log)
+        raise
+    missing = [step for step, _path in todo if not selection.predicted(run, step)]
+    if rc != 0 or missing:
+        cause = failure_cause(log) or f"exit code {rc}; checkpoints without predictions: {missing}"
+        rundir.record_step(run, "select", "failed", log, cause)
+        raise StepFailed(f"{run.name}: select failed: {cause}; log: {log}")
+
+
+def _full_fine_tuning(run: Run) -> bool:
+    """Whether the select config loads checkpoints as whole models (finetuning_type: full)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(run.config("select").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and config.get("finetuning_type") == "full"
+
+
+def _one_card() -> dict[str, str]:
+    """The dev predictions run in one process: on one card (several would mean DataParallel)."""
+    env = {}
+    for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+        if "," in os.environ.get(name, ""):
+            env[name] = os.environ[name].split(",")[0]
+    return env
+
+
+def run_link(run: Run, args: tuple[str, ...], launch: Launch, echo=print) -> str:
     if args[0] == "train":
         return step_train(run, launch)
+    if args[0] == "select":
+        return step_select(run, launch, echo)
     if args[0] == "predict":
         return step_predict(run, args[1], launch)
     return step_score(run)

@@ -20,6 +20,9 @@ USAGE = """usage: tlf-lf COMMAND [ARGS]   (llamafactory-cli with tlf's blog-era 
   tlf-lf env | version                        LLaMA-Factory's environment and version
   tlf-lf slurm-node --nproc-per-node N train CONFIG.yaml
                                               one srun task per node of a multi-node job (tlf step uses it)
+  tlf-lf select CONFIG.yaml KEY CHECKPOINT OUTPUT [CHECKPOINT OUTPUT ...]
+                                              predict CONFIG once per checkpoint (KEY=CHECKPOINT,
+                                              output_dir=OUTPUT) in one process (tlf step select uses it)
 
 Templates added: tlf_blog_default (LLaMA-Factory 0.6's `default`, the blog's prompts).
 """
@@ -31,6 +34,9 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
         print(USAGE, end="")
         sys.exit(0 if len(sys.argv) > 1 else 2)
+    if sys.argv[1] == "select":
+        select(sys.argv[2:])
+        return
     if sys.argv[1] == "slurm-node":
         # One srun task per node (see templates/_step_body.j2): tell LLaMA-Factory's launcher
         # where it is. It counts 0 devices on a CPU node, so the card count comes from tlf step.
@@ -61,6 +67,35 @@ def _prepare(config: str | None) -> None:
     dora.install_for(config)
 
 
+def select(argv: list[str]) -> None:
+    """One predict config over several checkpoints, in this one process: Python and LLaMA-Factory
+    are imported once, not once per checkpoint (seconds each on a GPU node)."""
+    import gc
+
+    import yaml
+
+    if len(argv) < 4 or len(argv) % 2:
+        print(USAGE, end="", file=sys.stderr)
+        sys.exit(2)
+    config, key, pairs = argv[0], argv[1], list(zip(argv[2::2], argv[3::2]))
+    _prepare(config)
+    from llamafactory.train.tuner import run_exp
+
+    with open(config, encoding="utf-8") as handle:
+        base = yaml.safe_load(handle)
+    for checkpoint, output in pairs:
+        print(f"tlf-lf select: {checkpoint} -> {output}", flush=True)
+        run_exp({**base, key: checkpoint, "output_dir": output})
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
 def _worker() -> None:
     _prepare(sys.argv[1] if len(sys.argv) > 1 else None)
     from llamafactory.train.tuner import run_exp
@@ -70,7 +105,8 @@ def _worker() -> None:
 
 if __name__ == "__main__":
     # torchrun runs this file directly: argv is the YAML (and overrides), no sub-command.
-    if len(sys.argv) > 1 and sys.argv[1] in ("train", "chat", "export", "env", "version", "api", "slurm-node"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("train", "chat", "export", "env", "version", "api", "slurm-node",
+                                             "select"):
         main()
     else:
         _worker()

@@ -105,8 +105,10 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
     profile = spec.profile
     if profile and profile.precision and not ({"fp16", "bf16", "pure_bf16"} & set(args)):
         config.put(profile.precision, True, f"profile {profile.name}")
-    if "save_steps" not in args and args.get("save_strategy", "steps") == "steps":
-        config.put("save_steps", _save_steps(spec, args), "tlf default: about ten checkpoints per run")
+    if spec.select is not None:
+        _select_saving(spec, args, config)
+    elif "save_steps" not in args and args.get("save_strategy", "steps") == "steps":
+        config.put("save_steps", max(1, _total_steps(spec, args) // 10), "tlf default: about ten checkpoints per run")
         config.put("save_total_limit", 2, "tlf default: keep the last two checkpoints")
     for key, value in args.items():
         config.put(key, value, _arg_origin(spec, run, key))
@@ -171,8 +173,29 @@ def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict, card_
     return {**fast, "per_device_train_batch_size": micro, "gradient_accumulation_steps": effective // micro}
 
 
-def _save_steps(spec: Spec, args: dict) -> int:
-    """About ten checkpoints per run, so a requeued or interrupted job loses little work."""
+MAX_SELECT_CHECKPOINTS = 50   # each one is predicted on the dev set: more is a typo of `every`
+
+
+def _select_saving(spec: Spec, args: dict, config: Config) -> None:
+    """select: every checkpoint is kept (no save_total_limit) and saved every epoch or N steps."""
+    import math
+
+    origin = _from_spec(spec, "select", "every") + " (select: every checkpoint is scored)"
+    table = lfargs.table()
+    if spec.select.every == "epoch":
+        config.put("save_strategy", "epoch", origin)
+        count = math.ceil(float(args.get("num_train_epochs", table["num_train_epochs"].default)))
+    else:
+        config.put("save_strategy", "steps", origin)
+        config.put("save_steps", spec.select.every, origin)
+        count = math.ceil(_total_steps(spec, args) / spec.select.every)
+    if count > MAX_SELECT_CHECKPOINTS:
+        raise TlfError(f"{spec.where('select', 'every')}: {spec.select.every} would save {count} checkpoints, each "
+                       f"predicted on {spec.select.on}; at most {MAX_SELECT_CHECKPOINTS}: choose a larger step count")
+
+
+def _total_steps(spec: Spec, args: dict) -> int:
+    """Optimiser steps of a run, from the train set's rows, the effective batch and the epochs."""
     import math
 
     file_name = spec.datasets[spec.train_set].get("file_name")
@@ -190,20 +213,24 @@ def _save_steps(spec: Spec, args: dict) -> int:
     batch = args.get("per_device_train_batch_size", table["per_device_train_batch_size"].default)
     accumulation = args.get("gradient_accumulation_steps", table["gradient_accumulation_steps"].default)
     epochs = args.get("num_train_epochs", table["num_train_epochs"].default)
-    total = math.ceil(rows / (batch * accumulation)) * epochs
-    return max(1, int(total // 10))
+    return max(1, int(math.ceil(rows / (batch * accumulation)) * epochs))
 
 
 def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Config:
     train = run.train_args
     finetuning = (train or {}).get("finetuning_type", "lora")
     config = Config()
+    if spec.select and train is not None:
+        trained, model, adapter = (run_dir / rundir.SELECTED, *(f"tlf: the checkpoint select: chose on {spec.select.on}"
+                                                                f" ({what})" for what in ("its whole model", "its adapter")))
+    else:
+        trained, model, adapter = run_dir / TRAIN_DIR, "tlf: the run's fully fine-tuned model", "tlf: the run's adapter"
     if train is not None and finetuning == "full":
-        config.put("model_name_or_path", str(run_dir / TRAIN_DIR), "tlf: the run's fully fine-tuned model")
+        config.put("model_name_or_path", str(trained), model)
     else:
         config.put("model_name_or_path", run.model_path, _model_origin(spec, run))
     if train is not None and finetuning != "full":
-        config.put("adapter_name_or_path", str(run_dir / TRAIN_DIR), "tlf: the run's adapter")
+        config.put("adapter_name_or_path", str(trained), adapter)
     config.put("stage", "sft", "tlf: predict runs through the sft stage")
     config.put("do_predict", True, "tlf: the predict step")
     config.put("predict_with_generate", True, "tlf: exact match scores generated text")
@@ -315,10 +342,28 @@ def uses_fast_dora(spec: Spec, run: RunPlan) -> bool:
     return spec.dora_kernel == "fast" and bool((run.train_args or {}).get("use_dora"))
 
 
+def select_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
+    """The dev set's predict config; `tlf step select` runs it once per checkpoint with
+    adapter_name_or_path (model_name_or_path for full fine-tuning) and output_dir set to it."""
+    config = predict_config(spec, run, run_dir, spec.select.on)
+    key = "model_name_or_path" if (run.train_args or {}).get("finetuning_type") == "full" else "adapter_name_or_path"
+    config.put(key, str(run_dir / TRAIN_DIR), "tlf: replaced by each checkpoint in turn (tlf step select)")
+    config.put("output_dir", str(run_dir / rundir.SELECT_DIR), "tlf: select/<checkpoint>/ per checkpoint")
+    # A checkpoint's score must not depend on the dice or on a row limit meant for the reports.
+    config.put("do_sample", False, "tlf: selection is greedy, whatever decoding: says")
+    config.pop("max_samples", None)
+    if "per_device_eval_batch_size" not in spec.predict:
+        config.put("per_device_eval_batch_size", FAST_PREDICT_BATCH, "tlf: selection predicts batched")
+    return config
+
+
 def _run_files(spec: Spec, run: RunPlan, run_dir: Path, entries: bytes) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     if run.train_args is not None:
         files[TRAIN_FILE] = config_yaml(_header(spec, run, TRAIN_FILE), train_config(spec, run, run_dir))
+    if run.train_args is not None and spec.select is not None:
+        name = rundir.select_file(spec.select.on)
+        files[name] = config_yaml(_header(spec, run, name), select_config(spec, run, run_dir))
     for dataset in spec.predict_sets:
         name = predict_file(dataset)
         files[name] = config_yaml(_header(spec, run, name), predict_config(spec, run, run_dir, dataset))
@@ -342,6 +387,8 @@ def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dic
         "trains": run.train_args is not None,
         "dora_kernel": "fast" if uses_fast_dora(spec, run) else "peft",
         "predict_sets": spec.predict_sets,
+        "select": ({"on": spec.select.on, "metric": spec.select.metric, "every": spec.select.every}
+                   if spec.select and run.train_args is not None else None),
         "dataset_dir": str(spec.data_dir),
         "split_manifest": str(split_manifest) if split_manifest.exists() else None,
         "files": {name: sha256_bytes(blob) for name, blob in sorted(files.items())},

@@ -62,6 +62,7 @@ class RunRecord:
     answers: dict = field(default_factory=dict)   # predict set -> (predicted, label) per row, in row order
     by_category: dict = field(default_factory=dict)   # predict set -> category -> accuracy %
     segments: int = 0                     # training segments (more than one: resumed)
+    selection: dict | None = None         # selection.json: each checkpoint's dev score and the choice
 
     @property
     def title(self) -> str:
@@ -235,10 +236,14 @@ def _record(root: Path, run: dict, sets: list[str], reference: str | None, vary_
             row[metric_column(metric, dataset)] = value if _number(value) else None
     by_category = {d: {c: v.get("acc") for c, v in (scores.get(d, {}).get("by_category") or {}).items()
                        if isinstance(v, dict)} for d in sets}
+    selection = _read_object(run_dir / rundir.SELECTION) or None
+    if selection and not (isinstance(selection.get("chosen"), dict) and isinstance(selection.get("checkpoints"), list)):
+        selection = None
     return RunRecord(name=run["name"], label=run.get("label"), state=state, point=run.get("point") or run["varied"],
                      baseline=bool(run.get("baseline")), reference=reference, vary_base=vary_base, row=row,
                      losses=losses, failure=failure,
-                     answers={d: _answers(run_dir, d) for d in sets}, by_category=by_category, segments=len(segments))
+                     answers={d: _answers(run_dir, d) for d in sets}, by_category=by_category, segments=len(segments),
+                     selection=selection)
 
 
 def _reference(run: dict, names: list[str], baseline: str | None) -> str | None:
@@ -293,9 +298,23 @@ def _categories(split_manifest, dataset: str) -> list[str]:
         return []
 
 
+def _winner(records: list[RunRecord]) -> list[str]:
+    """With checkpoint selection, the sweep's best run is the one with the best dev score (its
+    test scores are reported, never used to choose)."""
+    scored = [(r.selection["chosen"].get(r.selection.get("metric")), r) for r in records if r.selection]
+    scored = [(value, r) for value, r in scored if _number(value)]
+    if len(scored) < 2:
+        return []
+    best = max(value for value, _ in scored)
+    winner = next(r for value, r in scored if value == best)
+    metric, on = winner.selection.get("metric"), winner.selection.get("on")
+    return [f"Best run by {metric} on the dev set {on} (how select: chooses; the test sets did not take part): "
+            f"{winner.title}, checkpoint-{winner.selection['chosen'].get('step')}, {best} %."]
+
+
 def _notes(records: list[RunRecord], questions: dict) -> list[str]:
     """What a reader should know before believing the numbers."""
-    notes = []
+    notes = _winner(records)
     for record in records:
         constant = {d: a[0][0].strip() for d, a in record.answers.items()
                     if len(a) > 1 and len({predicted.strip() for predicted, _ in a}) == 1}
@@ -355,6 +374,7 @@ def comparison_table(study: Study) -> pd.DataFrame:
     by_name = {r.name: r for r in study.records}
     compared = any(r.reference for r in study.records)
     labelled = any(r.label for r in study.records)
+    selected = any(r.selection for r in study.records)
     rows = []
     for record in study.records:
         row = {"run": record.name, **({"what": record.label or ""} if labelled else {}), "state": record.state}
@@ -370,12 +390,22 @@ def comparison_table(study: Study) -> pd.DataFrame:
                     theirs = reference.row.get(column) if reference else None
                     row[delta_column(metric, dataset)] = (round(mine - theirs, 2)
                                                           if mine is not None and theirs is not None else None)
+        if selected:
+            row.update(_selection_cells(record))
         row.update({FIGURES[key]: record.row.get(key) for key in FIGURES})
         rows.append(row)
     table = pd.DataFrame(rows)
     if "trainable params" in table:
         table["trainable params"] = table["trainable params"].astype("Int64")   # a count, even beside a gap
     return table
+
+
+def _selection_cells(record: RunRecord) -> dict:
+    """The checkpoint select: chose and its dev score (the score that chose it)."""
+    chosen = (record.selection or {}).get("chosen", {})
+    metric, on = (record.selection or {}).get("metric", "acc"), (record.selection or {}).get("on", "dev")
+    return {"selected step": chosen.get("step"), "of steps": (record.selection or {}).get("final_step"),
+            f"dev {metric} % [{on}]": chosen.get(metric)}
 
 
 def _cell(value):
@@ -406,10 +436,11 @@ def terminal_table(study: Study) -> str:
     """The table a terminal has room for: each run with what it is, its state, the main metrics in
     percent per predict set, and the final loss."""
     prefix = _common_prefix(study.sets)
-    headers = ["run", "what", "state"] + [f"{metric} % {dataset[len(prefix):]}" for dataset in study.sets
-                                          for metric in TERMINAL_METRICS] + ["final loss"]
-    rows = [[r.name, r.label or "", r.state] + [_text(r.row.get(metric_column(m, d))) for d in study.sets
-                                                 for m in TERMINAL_METRICS] + [_text(r.row.get("final_loss"))]
+    labelled = any(r.label for r in study.records)
+    headers = ["run", *["what"] * labelled, "state"] + [f"{metric} % {dataset[len(prefix):]}" for dataset in study.sets
+                                                        for metric in TERMINAL_METRICS] + ["final loss"]
+    rows = [[r.name, *[r.label or ""] * labelled, r.state] + [_text(r.row.get(metric_column(m, d))) for d in study.sets
+                                                               for m in TERMINAL_METRICS] + [_text(r.row.get("final_loss"))]
             for r in study.records]
     widths = [max(_width(str(c)) for c in column) for column in zip(headers, *rows)]
     def line(cells):
@@ -560,11 +591,43 @@ def axis_file(axis: dict) -> str:
     return "metrics_vs_" + re.sub(r"[^A-Za-z0-9_.+-]+", "_", "+".join(axis["arguments"]))[:150] + ".png"
 
 
+def selection_plot(records: list[RunRecord]) -> bytes | None:
+    """Each run's dev score against the training step, the checkpoint it chose marked."""
+    chosen = [r for r in records if r.selection]
+    if not chosen:
+        return None
+    metric, on = chosen[0].selection.get("metric", "acc"), chosen[0].selection.get("on", "dev")
+    figure, axis = _pyplot().subplots(figsize=(8, 4.5))
+    top = 0.0
+    for index, record in enumerate(chosen):
+        points = [(c["step"], c[metric]) for c in record.selection["checkpoints"]
+                  if isinstance(c, dict) and _number(c.get("step")) and _number(c.get(metric))]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        axis.plot(steps, values, marker="o", color=f"C{index}", label=record.title)
+        pick = record.selection["chosen"]
+        if _number(pick.get(metric)):
+            axis.plot([pick["step"]], [pick[metric]], marker="*", markersize=16, color=f"C{index}",
+                      markeredgecolor="black", linestyle="none")
+        top = max(top, *values)
+    axis.set_ylim(0, max(5.0, top * 1.12))
+    axis.set_xlabel("training step (checkpoint)")
+    axis.set_ylabel(f"{metric} (%) on {on}")
+    axis.set_title(f"Checkpoint selection: {metric} on {on} per checkpoint (★ the one chosen)", fontsize=10)
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    return _png(figure)
+
+
 def plots(study: Study) -> dict[str, bytes]:
     images = {}
     loss = loss_plot(study.records)
     if loss:
         images["loss.png"] = loss
+    chosen = selection_plot(study.records)
+    if chosen:
+        images["selection.png"] = chosen
     for axis in study.axes:
         image = axis_plot(study, axis)
         if image:
@@ -710,7 +773,7 @@ def write_report(root: Path, out: Path | None = None) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     with lock.hold(out, f"tlf report of {study.experiment['experiment']}", wait=True):   # short: queue, never refuse
         write_all(files)
-        for stale in [*out.glob("metrics_vs_*.png"), out / "loss.png"]:   # plots of an earlier sweep shape
+        for stale in [*out.glob("metrics_vs_*.png"), out / "loss.png", out / "selection.png"]:   # an earlier shape
             if stale not in files:
                 stale.unlink(missing_ok=True)
     terminal = terminal_table(study) + "".join(f"\nnote: {note}" for note in study.notes)

@@ -9,9 +9,11 @@ Every other module asks this one where a run's files are and whether a step is d
                                         job.sbatch, logs/, environment/, steps/, scores.json
     <out>/<experiment>/<run>/train/     LLaMA-Factory's output_dir (adapter, checkpoints, logs)
     <out>/<experiment>/<run>/predict-<SET>/   generated_predictions.jsonl, predict_results.json
+    with select: select-<DEV>.yaml, select/checkpoint-<N>/ (the dev set's predictions per
+                 checkpoint), selection.json, selected -> train/checkpoint-<N> (what predict loads)
 
-A run's states, in order: rendered -> training -> trained -> predicted -> done (every predict
-set scored); or failed, with the cause a step recorded in ``steps/<step>.json``.
+A run's states, in order: rendered -> training -> trained -> [selected] -> predicted -> done
+(every predict set scored); or failed, with the cause a step recorded in ``steps/<step>.json``.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ ARRAY_SCRIPT = "array.sbatch"
 REPORT_SCRIPT = "report.sbatch"
 SUBMIT_SCRIPT = "submit.sh"
 DATASETS_FILE = "datasets.json"
+SELECT_DIR = "select"            # select/<checkpoint-N>/: the dev set's predictions per checkpoint
+SELECTED = "selected"            # a link to the chosen train/checkpoint-N: what the predict steps load
+SELECTION = "selection.json"     # every checkpoint's dev score and the choice
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
                 "adapter_model.bin", "pytorch_model.bin")
 # What an experiment directory holds beside its runs: no run may be named like one of them.
 EXPERIMENT_ENTRIES = (EXPERIMENT, JOBS, LOGS, REPORT_DIR, ARRAY_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT)
 JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")    # what sbatch returns, or <array>_<task>
-STATES = ("rendered", "training", "trained", "predicted", "done", "failed")
+STATES = ("rendered", "training", "trained", "selected", "predicted", "done", "failed")
 
 
 def predict_file(dataset: str) -> str:
@@ -57,6 +62,10 @@ def predict_file(dataset: str) -> str:
 
 def predict_dir(dataset: str) -> str:
     return f"predict-{dataset}"
+
+
+def select_file(dataset: str) -> str:
+    return f"select-{dataset}.yaml"
 
 
 # ---------------------------------------------------------------- the chain of steps
@@ -70,10 +79,14 @@ class Link:
     after: tuple[str, ...] = ()
 
 
-def chain(trains: bool, predict_sets: list[str]) -> list[Link]:
-    """train -> predict(s) -> score: the one description both launchers (and submit.sh) walk."""
+def chain(trains: bool, predict_sets: list[str], selects: bool = False) -> list[Link]:
+    """train -> [select] -> predict(s) -> score: the one description both launchers (and submit.sh)
+    walk. select scores every checkpoint on the dev set; the predict steps then load its choice."""
     links = [Link("train", ("train",))] if trains else []
     first = ("train",) if trains else ()
+    if trains and selects:
+        links.append(Link("select", ("select",), first))
+        first = ("select",)
     links += [Link(f"predict-{s}", ("predict", s), first) for s in predict_sets]
     links.append(Link("score", ("score",), tuple(f"predict-{s}" for s in predict_sets) or first))
     return links
@@ -175,6 +188,12 @@ class Run:
         return list(self.manifest.get("predict_sets", []))
 
     @property
+    def select(self) -> dict | None:
+        """select: of the spec (on, metric, every), or None."""
+        value = self.manifest.get("select")
+        return value if isinstance(value, dict) and isinstance(value.get("on"), str) else None
+
+    @property
     def dataset_dir(self) -> Path:
         return Path(self.manifest["dataset_dir"])
 
@@ -195,13 +214,15 @@ class Run:
         return self.path / predict_dir(dataset) / "generated_predictions.jsonl"
 
     def config(self, link: str) -> Path:
+        if link == "select":
+            return self.path / select_file(self.select["on"])
         return self.path / (TRAIN_FILE if link == "train" else predict_file(link.removeprefix("predict-")))
 
     def step_log(self, link: str) -> Path:
         return self.path / LOGS / f"{link}.log"
 
     def chain(self) -> list[Link]:
-        return chain(self.trains, self.predict_sets)
+        return chain(self.trains, self.predict_sets, self.select is not None)
 
 
 def open_run(run_dir: Path) -> Run:
@@ -311,9 +332,27 @@ def score_done(run: Run) -> bool:
     return all(s in scored for s in run.predict_sets) and path.stat().st_mtime_ns >= newest
 
 
+def select_done(run: Run) -> bool:
+    """selection.json names a chosen checkpoint, and the selected link leads to it."""
+    record = read_json(run.path / SELECTION)
+    chosen = record.get("chosen") if isinstance(record, dict) else None
+    link = run.path / SELECTED
+    return (isinstance(chosen, dict) and isinstance(chosen.get("step"), int) and link.is_symlink() and link.is_dir()
+            and os.readlink(link) == f"{TRAIN_DIR}/checkpoint-{chosen['step']}")
+
+
+def chosen_step(run: Run) -> int | None:
+    """The checkpoint step select: chose for this run, once selection is done."""
+    if not select_done(run):
+        return None
+    return int((read_json(run.path / SELECTION) or {})["chosen"]["step"])
+
+
 def link_done(run: Run, link: str) -> bool:
     if link == "train":
         return train_done(run)
+    if link == "select":
+        return select_done(run)
     if link == "score":
         return score_done(run)
     return predict_done(run, link.removeprefix("predict-"))
@@ -335,6 +374,8 @@ def state(run: Run) -> str:
         return "training" if records.get("train", {}).get("state") == "running" or started(run.path) else "rendered"
     if run.predict_sets and all(predict_done(run, s) for s in run.predict_sets):
         return "predicted"
+    if run.select and select_done(run):
+        return "selected"
     return "trained" if run.trains else "rendered"
 
 
@@ -347,10 +388,12 @@ def reset(run_dir: Path) -> None:
     """--force: remove what LLaMA-Factory, scoring and the steps wrote; keep the rendered files."""
     import shutil
 
-    for child in [run_dir / TRAIN_DIR, run_dir / STEPS, *run_dir.glob("predict-*/")]:
+    (run_dir / SELECTED).unlink(missing_ok=True)      # a link: never followed into the tree
+    for child in [run_dir / TRAIN_DIR, run_dir / STEPS, run_dir / SELECT_DIR, *run_dir.glob("predict-*/")]:
         if child.is_dir():
             shutil.rmtree(child)
-    (run_dir / SCORES).unlink(missing_ok=True)
+    for name in (SCORES, SELECTION):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- step records (job state from the run)

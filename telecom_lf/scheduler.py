@@ -198,6 +198,9 @@ def queued_by_name(names: list[str]) -> dict[str, list[tuple[str, str]]]:
 
 def _artifacts(run: rundir.Run) -> str:
     words = ["train:" + ("done" if rundir.train_done(run) else "-" if run.trains else "n/a")]
+    if run.select:
+        chosen = rundir.chosen_step(run)
+        words.append("select:" + (f"checkpoint-{chosen}" if chosen is not None else "-"))
     words += [f"predict[{s}]:" + ("done" if rundir.predict_done(run, s) else "-") for s in run.predict_sets]
     return " ".join(words + ["score:" + ("done" if rundir.score_done(run) else "-")])
 

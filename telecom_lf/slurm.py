@@ -116,6 +116,7 @@ def job_files(spec: Spec, run, run_dir: Path) -> dict[str, bytes]:
     script = _environment().get_template("job.sbatch.j2").render(
         **_step_context(profile), tlf_version=__version__, spec_path=str(spec.path), run_name=run.name,
         script_path=str(run_dir / JOB_SCRIPT), predict_sets=spec.predict_sets,
+        selects=spec.select is not None and run.train_args is not None,
         sbatch_lines=sbatch_lines(profile, job_name(spec, run.name), run_dir / LOGS), run_dir=str(run_dir))
     return {JOB_SCRIPT: script.encode("utf-8"), f"{LOGS}/.keep": b""}
 
@@ -149,7 +150,8 @@ def experiment_files(spec: Spec, runs: list, root: Path) -> dict[Path, bytes]:
     common = dict(**_step_context(profile), tlf_version=__version__, spec_path=str(spec.path), root=str(root),
                   run_names=run_names, predict_sets=spec.predict_sets)
     array = f"0-{len(run_names) - 1}%{profile.array_parallel}"
-    chains = [_shell_chain(r.name, chain(r.train_args is not None, spec.predict_sets)) for r in runs]
+    chains = [_shell_chain(r.name, chain(r.train_args is not None, spec.predict_sets, spec.select is not None))
+              for r in runs]
     report_lines = [line for line in sbatch_lines(profile, job_name(spec, "report"), root / LOGS, gpus=False)
                     if not line.startswith(("--requeue", "--signal", "--open-mode"))]
     files = {

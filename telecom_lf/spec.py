@@ -91,6 +91,25 @@ class SweepKeys:
                                "(raise it here or with --set sweep.max_runs=N)")
 
 
+SELECT_METRICS = ("acc", "acc_raw", "long_recall", "rouge-1", "rouge-2", "rouge-l", "bleu-4", "item_f1",
+                  "item_precision", "item_recall")
+
+
+@dataclass(frozen=True)
+class SelectKeys:
+    on: str | None = _key(None, "checkpoint selection: the registered dev set every checkpoint is scored on "
+                                "(never a predict set); absent: no selection, the final adapter predicts")
+    metric: str = _key("acc", f"the score that picks the checkpoint: {', '.join(SELECT_METRICS)} (ties: the earlier step)")
+    every: str | int = _key("epoch", "epoch, or a step count: how often a checkpoint is saved (and scored)")
+
+
+@dataclass(frozen=True)
+class Select:
+    on: str
+    metric: str = "acc"
+    every: str | int = "epoch"
+
+
 @dataclass(frozen=True)
 class SpeedKeys:
     speed: str = _key("as-written", "as-written, or fast: same data and maths, faster "
@@ -108,8 +127,9 @@ class ClusterKeys:
 
 # (section, dataclass): section None holds top-level keys; "slurm" is the Profile itself.
 SCHEMA = [(None, ExperimentKeys), ("data", DataKeys), (None, PromptKeys), (None, ArgumentKeys),
-          ("sweep", SweepKeys), (None, SpeedKeys), (None, ClusterKeys), ("slurm", Profile)]
-TOP_KEYS = tuple([f.name for s, c in SCHEMA if s is None for f in fields(c)] + ["data", "sweep"])
+          ("sweep", SweepKeys), ("select", SelectKeys), (None, SpeedKeys), (None, ClusterKeys), ("slurm", Profile)]
+TOP_KEYS = tuple([f.name for s, c in SCHEMA if s is None for f in fields(c)] + ["data", "sweep", "select"])
+SELECT_KEYS = tuple(f.name for f in fields(SelectKeys))
 DATA_KEYS = tuple(f.name for f in fields(DataKeys))
 SWEEP_KEYS = tuple(f.name for f in fields(SweepKeys))
 
@@ -181,6 +201,7 @@ class Spec:
     profile: Profile | None = None                 # the cluster profile with slurm: applied, resolved once
     notes: tuple[str, ...] = ()                    # things a user should know that are not errors
     labels: dict = field(default_factory=dict)     # run name -> what the run is, in words
+    select: Select | None = None                   # checkpoint selection on a dev set
 
     def line(self, *path) -> int | None:
         while path and path not in self.lines:
@@ -389,17 +410,23 @@ def load(path: Path, overrides: list[str] | None = None, require_model: bool = T
     raw, lines, _blob = _load_yaml(path)
     if overrides:
         raw = apply_overrides(raw, overrides, path)
+    if isinstance(raw.get("select"), dict) and True in raw["select"]:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true
+        raw["select"] = {("on" if k is True else k): v for k, v in raw["select"].items()}
     check = _Checker(path, lines)
     check.keys(raw, TOP_KEYS, ())
     values: dict = _parse_models(raw, check, path.parent, require_model)
     for parse in (_parse_data, _parse_prompt, _parse_arguments, _parse_experiment,
-                  _parse_speed, _parse_cluster):
+                  _parse_speed, _parse_cluster, _parse_select):
         values.update(parse(raw, check, path.parent))
     if values["sweep"] and values["train"] is None:
         check.fail(("sweep",), "a sweep varies training arguments: add train:")
+    _check_select(values, check)
     check.raise_if_any()
     sets = [s for s in [values["train_set"], *values["predict_sets"]] if s]
+    sets += [values["select"].on] if values["select"] else []
     values["datasets"] = _check_datasets(path, values["data_dir"], sets, lines)
+    values["notes"] += _select_overlap(path, values, lines)
     spec = Spec(path=path.resolve(), sha256=_canonical_hash(raw, values), lines=lines, **values)
     return _with_profile(spec)
 
@@ -410,7 +437,16 @@ def _canonical_hash(raw: dict, values: dict) -> str:
     meaning = {**{k: v for k, v in raw.items() if k not in ("model", "models", "data")},
                "models": values["models"], "data": [str(values["data_dir"]), values["train_set"],
                                                     values["predict_sets"]]}
-    return sha256_bytes(json.dumps(meaning, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8"))
+    return sha256_bytes(json.dumps(_text_keys(meaning), sort_keys=True, default=str, ensure_ascii=False).encode("utf-8"))
+
+
+def _text_keys(value):
+    """Mapping keys as text: YAML 1.1 reads `on:`/`yes:` as booleans, and sort_keys cannot mix them."""
+    if isinstance(value, dict):
+        return {str(k): _text_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(v) for v in value]
+    return value
 
 
 def _parse_models(raw: dict, check: _Checker, base: Path, require_model: bool = True) -> dict:
@@ -588,6 +624,71 @@ def _parse_cluster(raw: dict, check: _Checker, _base: Path) -> dict:
         check.fail(("slurm",), "slurm: overrides keys of a cluster profile, and this spec names none; add "
                                "cluster: (dcu, nvidia, local-test or your own profile)")
     return {"cluster": cluster, "slurm": dict(slurm)}
+
+
+def _parse_select(raw: dict, check: _Checker, _base: Path) -> dict:
+    if raw.get("select") is None:
+        return {"select": None}
+    section = _section(raw, "select", SELECT_KEYS, check, "a mapping with on, metric, every")
+    on = check.guarded(("select", "on"), guard.component, section.get("on"), "", "data set name")
+    metric = section.get("metric", "acc")
+    if metric not in SELECT_METRICS:
+        check.fail(("select", "metric"), f"expected one of {', '.join(SELECT_METRICS)}, got {metric!r}")
+    every = section.get("every", "epoch")
+    if every != "epoch":
+        check.guarded(("select", "every"), guard.integer, every, "", 1, 10**9)
+    return {"select": Select(on, metric, every) if on else None}
+
+
+def _check_select(values: dict, check: _Checker) -> None:
+    select = values["select"]
+    if select is None:
+        return
+    if values["train"] is None:
+        check.fail(("select",), "selection picks one of a run's checkpoints: add train:")
+    if select.on in values["predict_sets"] or select.on == values["train_set"]:
+        used = "a predict set" if select.on in values["predict_sets"] else "the train set"
+        check.fail(("select", "on"), f"{select.on!r} is {used}: selection must score on a set it never reports "
+                                     "(a dev set: `tlf data split` cuts <prefix>_dev_200)")
+    for key in ("save_total_limit", "save_strategy", "save_steps", "load_best_model_at_end"):
+        if key in (values["train"] or {}):
+            check.fail(("train", key), "set by select: (every checkpoint is kept and scored); remove it here")
+
+
+def _select_overlap(path: Path, values: dict, lines: dict) -> tuple[str, ...]:
+    """A dev set that shares questions with the training set, or that the split calls a test set,
+    is refused; a blog-mode split (whose last train set holds every row) only gets a note."""
+    select = values["select"]
+    if select is None or not values["train_set"]:
+        return ()
+    where = f"{path}:{lines.get(('select', 'on'), lines.get(('select',), 0))}: select.on"
+    manifest = _read_json(values["data_dir"] / "split_manifest.json")
+    splits = manifest.get("splits", {}) if isinstance(manifest, dict) else {}
+    if isinstance(splits.get(select.on), dict) and splits[select.on].get("role") == "test":
+        raise TlfError(f"{where}: {select.on!r} is a test set of the split: selection must never see it")
+    shared = _shared_questions(values["data_dir"], values["datasets"], select.on, values["train_set"])
+    if not shared:
+        return ()
+    message = (f"{select.on} shares {shared} question(s) with the train set {values['train_set']}, so its "
+               "scores reward recall of training rows")
+    if isinstance(manifest, dict) and manifest.get("mode") == "blog":
+        return (f"WARNING: {message} (a blog-mode split: its {values['train_set']} holds every row)",)
+    raise TlfError(f"{where}: {message}; cut a dev set held out from training (`tlf data split`)")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _shared_questions(data_dir: Path, datasets: dict, dev: str, train: str) -> int:
+    def questions(name: str) -> set[str]:
+        rows = _read_json(data_dir / str(datasets[name].get("file_name", "")))
+        return {str(r.get("instruction", "")) + str(r.get("input", "")) for r in rows if isinstance(r, dict)} \
+            if isinstance(rows, list) else set()
+    return len(questions(dev) & questions(train))
 
 
 def _with_profile(spec: Spec) -> Spec:

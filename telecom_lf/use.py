@@ -94,11 +94,17 @@ def _adapter_dir(run: Run, checkpoint: str | None) -> tuple[Path, str]:
     if not rundir.train_done(run):
         raise TlfError(f"run {run.name} is not trained yet ({run.train_dir} has no final weights); "
                        f"train it first (`tlf run` or `tlf submit`), or use --base")
+    chosen = rundir.chosen_step(run)
+    if checkpoint is None and chosen is not None:
+        checkpoint = "best"                  # what the run's predict steps used
     if checkpoint in (None, "last", "final"):
         return run.train_dir, run.name
     if checkpoint == "best":
-        raise TlfError("--checkpoint best needs a checkpoint selection (`select:` in the spec), "
-                       "which this run does not have; give a step number or leave it out for the final adapter")
+        if chosen is None:
+            raise TlfError("--checkpoint best needs a checkpoint selection (`select:` in the spec)"
+                           + (" that has finished (`tlf step RUN select`)" if run.select else ", which this run does not have")
+                           + "; give a step number, or leave it out for the final adapter")
+        return run.path / rundir.SELECTED, f"{run.name}@checkpoint-{chosen} (selected)"
     valid = checkpoints(run)
     listing = ", ".join(map(str, valid)) or "none kept"
     if not checkpoint.isdigit() or int(checkpoint) not in valid:

@@ -137,10 +137,18 @@ class Terminal:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
-            try:
-                os.read(self.fd, 65536)
-            except OSError:
-                pass
-            time.sleep(0.2)
+            ready, _, _ = select.select([self.fd], [], [], 0.2)   # never block: a hung program fails the test
+            if ready:
+                try:
+                    self.screen += os.read(self.fd, 65536)
+                except OSError:
+                    pass
         os.kill(self.pid, signal.SIGKILL)
-        raise AssertionError("the program did not exit")
+        raise AssertionError(f"the program did not exit; its screen:\n{self.screen.decode(errors='replace')[-2000:]}")
+
+    def prompt_then_type(self, prompt: str, keys: str) -> None:
+        """Wait for ``prompt``, then for the program to settle into reading (a terminal switched to
+        raw mode by readline after the prompt drops a Ctrl-D typed in between), then type."""
+        self.read_until(prompt)
+        time.sleep(0.5)
+        self.type(keys)

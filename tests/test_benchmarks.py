@@ -53,3 +53,13 @@ def test_predict_benchmark_small(tmp_path):
     assert result["identical_outputs"] == 8
     # Generation alone is timed after the first batch: batch 1 has 7 timed batches, batch 4 one.
     assert result["batch1"]["generate_rows_per_s"] > 0 and result["batched"]["generate_rows_per_s"] > 0
+
+
+def test_select_benchmark_small(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "select_bench.py"), "--train", "telecom_train_100",
+                           "--epochs", "2", "--work", str(tmp_path / "work"), "--json", str(tmp_path / "s.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["checkpoints"] == 2 and result["dev_rows"] == 200 and result["select_s"] > 0
+    assert "selection / training:" in done.stdout

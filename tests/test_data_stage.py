@@ -106,7 +106,8 @@ def test_split_is_balanced_nested_disjoint_and_deterministic(tmp_path):
     total = sum(full.values())
     splits = manifest["splits"]
     assert {n: s["rows"] for n, s in splits.items()} == {
-        "telecom_test_100": 100, "telecom_train_100": 100, "telecom_train_400": 400, "telecom_train_all": 4900}
+        "telecom_test_100": 100, "telecom_train_100": 100, "telecom_train_400": 400, "telecom_dev_200": 200,
+        "telecom_train_all": 4700}
     for name, split in splits.items():
         for category, count in full.items():
             exact = split["rows"] * count / total
@@ -114,7 +115,8 @@ def test_split_is_balanced_nested_disjoint_and_deterministic(tmp_path):
     rows = {n: set(s["source_rows"]) for n, s in splits.items()}
     assert rows["telecom_train_100"] < rows["telecom_train_400"] < rows["telecom_train_all"]
     assert not rows["telecom_test_100"] & rows["telecom_train_all"]
-    assert len(rows["telecom_test_100"] | rows["telecom_train_all"]) == total
+    assert not rows["telecom_dev_200"] & (rows["telecom_train_all"] | rows["telecom_test_100"])
+    assert len(rows["telecom_test_100"] | rows["telecom_dev_200"] | rows["telecom_train_all"]) == total
     for name, split in splits.items():
         assert data.sha256_file(out / split["file"]) == split["sha256"]
     first = {p.name: p.read_bytes() for p in out.glob("telecom_*.json")}
@@ -126,13 +128,15 @@ def test_split_is_balanced_nested_disjoint_and_deterministic(tmp_path):
     # a hold-out split shares no row and no exact question with the test set (data check says
     # "question+answer is in <test>: N; same question: M"; only normalised near-duplicates may remain)
     leakage = [line for line in report.stdout.splitlines() if line.startswith("PROBLEM: leakage")]
-    assert all("question+answer is in telecom_test_100: 0; same question: 0;" in line for line in leakage), leakage
+    assert all(f"question+answer is in {line.split(' -> ')[1].split(':')[0]}: 0; same question: 0;" in line
+               for line in leakage), leakage
+    assert any("-> telecom_dev_200" in line for line in leakage)   # the dev set is checked like the test set
 
 
 def test_blog_mode_reproduces_the_overlap_and_check_reports_it(tmp_path):
     out, manifest = _split(tmp_path, "--mode", "blog")
     assert set(manifest["splits"]) == {"telecom_test_100", "telecom_train_100", "telecom_train_400",
-                                       "telecom_train_5000"}
+                                       "telecom_dev_200", "telecom_train_5000"}
     assert manifest["splits"]["telecom_train_5000"]["rows"] == 5000
     strict = tlf("data", "check", out, "--strict", check=False)
     assert strict.returncode == 1
@@ -276,5 +280,56 @@ def test_strict_holdout_keeps_near_duplicates_of_test_questions_out_of_training(
     report = tlf("data", "check", out, "--strict")
     assert report.returncode == 0 and "no leakage" in report.stdout
     sizes = {n: s["rows"] for n, s in manifest["splits"].items()}
-    assert sizes["telecom_train_all"] == 4900 - manifest["excluded_near_duplicates_of_test"]
+    assert sizes["telecom_train_all"] == 4700 - manifest["excluded_near_duplicates_of_test"]
     assert sizes["telecom_test_100"] == 100 and sizes["telecom_train_400"] == 400
+
+
+def test_the_dev_set_is_held_out_and_leaves_the_blogs_subsets_as_they_were(tmp_path):
+    """Cut after the fixed-size train subsets, from rows none of them holds: train_100 and
+    train_400 are the same with or without it; train_all leaves it out."""
+    _, with_dev = _split(tmp_path)
+    without_dir = tmp_path / "without"
+    tlf("data", "split", tmp_path / "data" / "telecom_all.json", "--out", without_dir, "--dev-size", "0")
+    without = json.loads((without_dir / "split_manifest.json").read_text(encoding="utf-8"))
+    assert "telecom_dev_200" not in without["splits"]
+    for name in ("telecom_test_100", "telecom_train_100", "telecom_train_400"):
+        assert with_dev["splits"][name]["source_rows"] == without["splits"][name]["source_rows"], name
+    dev = set(with_dev["splits"]["telecom_dev_200"]["source_rows"])
+    assert set(without["splits"]["telecom_train_all"]["source_rows"]) - dev \
+        == set(with_dev["splits"]["telecom_train_all"]["source_rows"])
+    assert with_dev["splits"]["telecom_dev_200"]["role"] == "dev"
+    full, counts = with_dev["class_counts"], with_dev["splits"]["telecom_dev_200"]["class_counts"]
+    assert all(abs(counts.get(c, 0) - 200 * n / 5000) < 1 for c, n in full.items())
+
+
+def test_strict_holdout_keeps_dev_questions_out_of_training_too(tmp_path):
+    out, manifest = _split(tmp_path, "--strict-holdout")
+    records = {name: json.loads((out / split["file"]).read_text(encoding="utf-8"))
+               for name, split in manifest["splits"].items()}
+    dev = {data.normalise_question(r["instruction"]) for r in records["telecom_dev_200"]}
+    for name in ("telecom_train_100", "telecom_train_400", "telecom_train_all"):
+        assert not dev & {data.normalise_question(r["instruction"]) for r in records[name]}, name
+
+
+def test_blog_mode_cuts_the_dev_set_outside_its_subsets_and_check_says_what_it_overlaps(tmp_path):
+    out, manifest = _split(tmp_path, "--mode", "blog")
+    rows = {n: set(s["source_rows"]) for n, s in manifest["splits"].items()}
+    assert not rows["telecom_dev_200"] & (rows["telecom_test_100"] | rows["telecom_train_400"])
+    assert rows["telecom_dev_200"] <= rows["telecom_train_5000"]
+    assert any("telecom_dev_200 are inside its training set" in w or "telecom_dev_200" in w
+               for w in manifest["warnings"])
+    check = tlf("data", "check", out).stdout
+    assert "leakage telecom_train_5000 -> telecom_dev_200: telecom_train_5000 rows whose question+answer is in " \
+           "telecom_dev_200: 200" in check
+    assert "telecom_train_400 rows whose question+answer is in telecom_dev_200: 0; same question: 0;" in check
+
+
+def test_a_small_file_gets_no_dev_set_by_default_and_a_refusal_when_asked(tmp_path):
+    tlf("data", "synth", "--rows", 600, "--out", tmp_path / "raw.csv")
+    tlf("data", "import", tmp_path / "raw.csv", "--out", tmp_path / "data")
+    quiet = tlf("data", "split", tmp_path / "data" / "telecom_all.json")
+    assert "no dev set: telecom_dev_200 needs 200 rows" in quiet.stderr
+    asked = tlf("data", "split", tmp_path / "data" / "telecom_all.json", "--out", tmp_path / "x", "--dev-size", 200,
+                check=False)
+    assert asked.returncode == 2 and "subset telecom_dev_200: asks for 200 rows, only 100 left" in asked.stderr
+    assert not (tmp_path / "x").exists()

@@ -117,3 +117,24 @@ def test_a_profile_with_a_key_given_twice_is_refused_at_its_line(tiny_gemma, tel
     result = tlf("render", spec, "--out", tmp_path / "runs", check=False)
     assert result.returncode == 2 and "twice.yaml:3: partition is given twice (first at line 1)" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_submit_sh_puts_the_select_job_between_train_and_predict(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "sel.yaml", tiny_gemma, telecom_dir, extra="select: {on: telecom_dev_200}\n")
+    tlf("render", spec, "--out", tmp_path / "runs")
+    run = tmp_path / "runs" / "sel" / "sel"
+    assert "sbatch " + str(run / "job.sbatch") + " select" in (run / "job.sbatch").read_text()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(( $(wc -l < "$CALLS" 2>/dev/null || echo 0) + 100 ))\n'
+                                    'printf "%s\\n" "$*" >> "$CALLS"\necho "$n"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    done = subprocess.run(["bash", str(tmp_path / "runs" / "sel" / "submit.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0].endswith("job.sbatch train")
+    assert "--dependency=afterok:100 " in lines[1] and lines[1].endswith("job.sbatch select")
+    assert "--dependency=afterok:101 " in lines[2] and lines[2].endswith("predict telecom_test_100")
+    assert "--dependency=afterok:102 " in lines[3] and lines[3].endswith(" score")

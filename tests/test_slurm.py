@@ -383,3 +383,38 @@ def test_a_second_submit_while_the_first_is_queued_is_refused(tiny_gemma, teleco
         assert len(json.loads((out / "again" / "jobs.json").read_text())) == 1
     finally:
         subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def test_a_sweep_with_checkpoint_selection_runs_as_one_array_and_reports_the_choice(tiny_gemma, telecom_dir,
+                                                                                       tmp_path):
+    spec = spec_file(tmp_path / "selsweep.yaml", tiny_gemma, telecom_dir,
+                     train=", num_train_epochs: 2.0, per_device_train_batch_size: 16",
+                     extra="sweep: {grid: {lora_rank: [2, 4]}}\nselect: {on: telecom_dev_200, metric: rouge-1}\n")
+    tlf("submit", spec, "--out", tmp_path / "runs")
+    root = tmp_path / "runs" / "selsweep"
+    record = last_submission(root)
+    states = wait_final([record["array"], record["report"]], timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    for name in ("r2", "r4"):
+        selection = json.loads((root / name / "selection.json").read_text())
+        assert [c["step"] for c in selection["checkpoints"]] == [7, 14]        # every epoch, each scored
+        assert os.readlink(root / name / "selected") == f"train/checkpoint-{selection['chosen']['step']}"
+        assert (root / name / "scores.json").exists()
+    assert (root / "report" / "selection.png").exists()
+
+
+def test_a_chain_with_checkpoint_selection_puts_a_select_job_between_train_and_predict(tiny_gemma, telecom_dir,
+                                                                                          tmp_path):
+    spec = spec_file(tmp_path / "selchain.yaml", tiny_gemma, telecom_dir,
+                     train=", num_train_epochs: 2.0, per_device_train_batch_size: 16",
+                     extra="select: {on: telecom_dev_200}\n")
+    tlf("submit", spec, "--out", tmp_path / "runs")
+    root = tmp_path / "runs" / "selchain"
+    ids = last_submission(root)["runs"]["selchain"]
+    assert list(ids) == ["train", "select", "predict-telecom_test_100", "score"]
+    dependency = subprocess.run(["scontrol", "show", "job", ids["predict-telecom_test_100"]], capture_output=True,
+                                text=True).stdout
+    assert f"afterok:{ids['select']}" in dependency
+    states = wait_final(list(ids.values()), timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    assert json.loads((root / "selchain" / "selection.json").read_text())["chosen"]["step"] in (7, 14)

@@ -21,7 +21,7 @@ LAYERS = [
     {"compat", "synth", "dora", "lock"},
     {"lfargs"},
     {"cluster", "data", "score", "use"},
-    {"tiny"},
+    {"tiny", "selection"},
     {"spec"},
     {"plan"},
     {"slurm"},

@@ -84,8 +84,7 @@ def test_chat_with_the_base_model_ends_on_eof_ctrl_c_and_exit(study, how, code):
     _, _, experiment = study
     terminal = Terminal([tlf_bin(), "chat", str(experiment / "r4"), "--base"])
     assert "none (the base model)" in terminal.read_until("Type a question")
-    terminal.read_until("You: ")
-    terminal.type({"eof": "\x04", "ctrl-c": "\x03", "exit": "exit\n"}[how])
+    terminal.prompt_then_type("You: ", {"eof": "\x04", "ctrl-c": "\x03", "exit": "exit\n"}[how])
     assert terminal.exit_code() == code      # never 134 (abort at interpreter shutdown)
 
 
