@@ -388,7 +388,7 @@ def _predict_checkpoints(run: Run, todo: list[tuple[int, Path]], launch: Launch)
     log = run.step_log("select")
     rundir.record_step(run, "select", "running", log)
     record_environment(run, "select")
-    key = "model_name_or_path" if _full_fine_tuning(run) else "adapter_name_or_path"
+    key = "model_name_or_path" if run.manifest.get("finetuning_type") == "full" else "adapter_name_or_path"
     command = [sys.executable, "-m", "telecom_lf.lf_entry", "select", str(run.config("select")), key]
     for step, path in todo:
         command += [str(path), str(selection.output_dir(run, step))]
@@ -402,17 +402,6 @@ def _predict_checkpoints(run: Run, todo: list[tuple[int, Path]], launch: Launch)
         cause = failure_cause(log) or f"exit code {rc}; checkpoints without predictions: {missing}"
         rundir.record_step(run, "select", "failed", log, cause)
         raise StepFailed(f"{run.name}: select failed: {cause}; log: {log}")
-
-
-def _full_fine_tuning(run: Run) -> bool:
-    """Whether the select config loads checkpoints as whole models (finetuning_type: full)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load(run.config("select").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(config, dict) and config.get("finetuning_type") == "full"
 
 
 def _one_card() -> dict[str, str]:

@@ -10,7 +10,6 @@ here: it may hold a newline, ``../`` or ``$(...)``, and it may be a million char
   ``/``, no control character, at most MAX_COMPONENT_BYTES bytes (room for ``predict-<name>.yaml``
   within the 255 bytes a file name may have).
 - ``inside``: a path, resolved (symbolic links followed), that must lie under its root.
-- ``shell``: a value quoted for bash (``shlex.quote``) after ``text``.
 - ``integer``/``boolean``: typed values with bounds; YAML's ``"false"`` is not a boolean.
 """
 
@@ -19,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from pathlib import Path
 
 from .errors import TlfError
@@ -76,11 +74,6 @@ def inside(path: Path, root: Path, where: str) -> Path:
         raise Refused(where, f"{path} lies outside {root} (it resolves to {resolved}); tlf reads and "
                              "writes a tree only inside it")
     return resolved
-
-
-def shell(value, where: str = "value") -> str:
-    """A value quoted as one bash word."""
-    return shlex.quote(text(str(value) if isinstance(value, (int, float)) else value, where))
 
 
 def integer(value, where: str, low: int, high: int) -> int:

@@ -263,7 +263,7 @@ def gather(root: Path) -> Study:
                        run.get("reference") if run.get("reference") in names else None) for run in runs]
     axes = [a for a in experiment.get("axes") or _axes_from_varied(runs) if isinstance(a, dict) and a.get("arguments")]
     questions = {d: _questions(root, runs, d) for d in sets}
-    return Study(experiment, axes, records, questions, _notes(records, questions))
+    return Study(experiment, axes, records, questions, _notes(records, questions, _instruction(root, runs)))
 
 
 def _axes_from_varied(runs: list[dict]) -> list[dict]:
@@ -289,6 +289,16 @@ def _questions(root: Path, runs: list[dict], dataset: str) -> list[dict]:
     return []
 
 
+def _instruction(root: Path, runs: list[dict]) -> str | None:
+    """The data's instruction wrapper (``...{question}...``), as the split manifest recorded it."""
+    for run in runs:
+        manifest = _read_object(root / run["name"] / rundir.MANIFEST)
+        split = _read_object(Path(manifest["split_manifest"])) if isinstance(manifest.get("split_manifest"), str) else {}
+        if isinstance(split.get("instruction"), str):
+            return split["instruction"]
+    return None
+
+
 def _categories(split_manifest, dataset: str) -> list[str]:
     if not isinstance(split_manifest, str):
         return []
@@ -312,7 +322,7 @@ def _winner(records: list[RunRecord]) -> list[str]:
             f"{winner.title}, checkpoint-{winner.selection['chosen'].get('step')}, {best} %."]
 
 
-def _notes(records: list[RunRecord], questions: dict) -> list[str]:
+def _notes(records: list[RunRecord], questions: dict, instruction: str | None) -> list[str]:
     """What a reader should know before believing the numbers."""
     notes = _winner(records)
     for record in records:
@@ -321,7 +331,7 @@ def _notes(records: list[RunRecord], questions: dict) -> list[str]:
         for text in dict.fromkeys(constant.values()):
             sets = [d for d, t in constant.items() if t == text]
             what = ("an empty answer" if not text else f"the instruction's own text, {_clip(text, 50)!r}"
-                    if _is_instruction(text, questions.get(sets[0])) else f"the same text, {_clip(text, 50)!r}")
+                    if _is_instruction(text, instruction, questions.get(sets[0])) else f"the same text, {_clip(text, 50)!r}")
             notes.append(f"{record.title} answers every question of {' and '.join(sets)} with {what}: it has not "
                          "learnt the task, and its scores measure that one string, not the question.")
         if record.segments > 1:
@@ -333,28 +343,15 @@ def _notes(records: list[RunRecord], questions: dict) -> list[str]:
     return notes
 
 
-def _is_instruction(text: str, rows: list[dict] | None) -> bool:
-    """The answer is the instruction's wrapper (with or without the question in it)."""
+def _is_instruction(text: str, instruction: str | None, rows: list[dict] | None) -> bool:
+    """The answer is the instruction: its wrapper without the question, or a question's own text."""
     from .data import normalise_question
 
-    if not rows or not text:
-        return False
     folded = normalise_question(text)
-    questions = [normalise_question(row["question"]) for row in rows[:20]]
-    return any(folded in q for q in questions) or _shared_frame(folded, questions)
-
-
-def _shared_frame(folded: str, questions: list[str]) -> bool:
-    """``folded`` is what every question has around its own part: a common prefix plus suffix."""
-    first = questions[0]
-    prefix = len(first)
-    suffix = len(first)
-    for q in questions[1:]:
-        prefix = min(prefix, next((i for i, (a, b) in enumerate(zip(first, q)) if a != b), min(len(first), len(q))))
-        suffix = min(suffix, next((i for i, (a, b) in enumerate(zip(first[::-1], q[::-1])) if a != b),
-                                  min(len(first), len(q))))
-    frame = first[:prefix] + (first[-suffix:] if suffix else "")
-    return len(questions) > 1 and len(folded) >= 4 and folded == frame
+    if not folded:
+        return False
+    wrapper = normalise_question(instruction.replace("{question}", "")) if instruction else None
+    return folded == wrapper or any(folded in normalise_question(row["question"]) for row in (rows or [])[:20])
 
 
 def _clip(text: str, limit: int) -> str:

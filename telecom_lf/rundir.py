@@ -305,7 +305,7 @@ def read_json(path: Path):
     """A JSON file's value, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

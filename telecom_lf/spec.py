@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from . import guard, lfargs
+from . import guard, lfargs, rundir
 from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
 from .compat import BLOG_TEMPLATE_FOR
 from .errors import TlfError
@@ -662,7 +662,7 @@ def _select_overlap(path: Path, values: dict, lines: dict) -> tuple[str, ...]:
     if select is None or not values["train_set"]:
         return ()
     where = f"{path}:{lines.get(('select', 'on'), lines.get(('select',), 0))}: select.on"
-    manifest = _read_json(values["data_dir"] / "split_manifest.json")
+    manifest = rundir.read_json(values["data_dir"] / "split_manifest.json")
     splits = manifest.get("splits", {}) if isinstance(manifest, dict) else {}
     if isinstance(splits.get(select.on), dict) and splits[select.on].get("role") == "test":
         raise TlfError(f"{where}: {select.on!r} is a test set of the split: selection must never see it")
@@ -676,16 +676,9 @@ def _select_overlap(path: Path, values: dict, lines: dict) -> tuple[str, ...]:
     raise TlfError(f"{where}: {message}; cut a dev set held out from training (`tlf data split`)")
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-
-
 def _shared_questions(data_dir: Path, datasets: dict, dev: str, train: str) -> int:
     def questions(name: str) -> set[str]:
-        rows = _read_json(data_dir / str(datasets[name].get("file_name", "")))
+        rows = rundir.read_json(data_dir / str(datasets[name].get("file_name", "")))
         return {str(r.get("instruction", "")) + str(r.get("input", "")) for r in rows if isinstance(r, dict)} \
             if isinstance(rows, list) else set()
     return len(questions(dev) & questions(train))

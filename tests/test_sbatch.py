@@ -47,18 +47,24 @@ def test_job_names_begin_with_the_run_name_and_steps_get_explicit_options(tiny_g
     assert "#SBATCH --job-name=sweep-names\n" in (root / "array.sbatch").read_text()
 
 
-def test_submit_sh_walks_the_same_chain_and_kills_on_invalid_dependencies(tiny_gemma, telecom_dir, tmp_path):
-    """submit.sh run with an sbatch that only records its arguments (no cluster needed here; the
-    Slurm suite runs it for real): every dependent job names its parents and --kill-on-invalid-dep."""
-    spec = spec_file(tmp_path / "chained.yaml", tiny_gemma, telecom_dir, sets=("telecom_test_100", "telecom_train_100"))
-    tlf("render", spec, "--out", tmp_path / "runs")
+def _recording_sbatch(tmp_path: Path) -> tuple[dict, Path]:
+    """An `sbatch` stand-in that records each call's arguments (a line each) and answers job ids
+    100, 101, ...: submit.sh's chaining without a cluster (the Slurm suite runs it for real)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(( $(wc -l < "$CALLS" 2>/dev/null || echo 0) + 100 ))\n'
                                     'printf "%s\\n" "$*" >> "$CALLS"\necho "$n"\n')
     (bin_dir / "sbatch").chmod(0o755)
     calls = tmp_path / "calls"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}, calls
+
+
+def test_submit_sh_walks_the_same_chain_and_kills_on_invalid_dependencies(tiny_gemma, telecom_dir, tmp_path):
+    """submit.sh run with an sbatch that only records its arguments (no cluster needed here; the
+    Slurm suite runs it for real): every dependent job names its parents and --kill-on-invalid-dep."""
+    spec = spec_file(tmp_path / "chained.yaml", tiny_gemma, telecom_dir, sets=("telecom_test_100", "telecom_train_100"))
+    tlf("render", spec, "--out", tmp_path / "runs")
+    env, calls = _recording_sbatch(tmp_path)
     done = subprocess.run(["bash", str(tmp_path / "runs" / "chained" / "submit.sh")], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -124,13 +130,7 @@ def test_submit_sh_puts_the_select_job_between_train_and_predict(tiny_gemma, tel
     tlf("render", spec, "--out", tmp_path / "runs")
     run = tmp_path / "runs" / "sel" / "sel"
     assert "sbatch " + str(run / "job.sbatch") + " select" in (run / "job.sbatch").read_text()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(( $(wc -l < "$CALLS" 2>/dev/null || echo 0) + 100 ))\n'
-                                    'printf "%s\\n" "$*" >> "$CALLS"\necho "$n"\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    calls = tmp_path / "calls"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls)}
+    env, calls = _recording_sbatch(tmp_path)
     done = subprocess.run(["bash", str(tmp_path / "runs" / "sel" / "submit.sh")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
