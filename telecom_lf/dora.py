@@ -10,16 +10,19 @@ norms, which it then detaches. This forward computes the same row norms from fac
 
 in fp32 with autocast off, keeps ||W_i||^2 of the frozen weight, and reuses the detached norm
 until the next optimiser step (or an in-place change of A or B), so the micro-batches of one
-optimiser step and the recompute under gradient checkpointing share it, and it regroups the
-step's arithmetic into fewer operations (the magnitude's gradient, dropout and the base result
-reused when dropout is off stay as PEFT has them). Under ``torch.compile`` the norm is recomputed in the traced graph (no Python cache) and
+optimiser step and the recompute under gradient checkpointing share it, regroups the step's
+arithmetic into fewer operations, and takes its products on the rows flattened to 2-D (what
+``F.linear`` does inside, without its per-call reshapes and transposes). The magnitude's gradient, dropout, the extra product of the frozen weight
+with the dropped-out input, and the base result reused when dropout is off stay as PEFT has
+them. Under ``torch.compile`` the norm is recomputed in the traced graph (no Python cache) and
 nothing breaks the graph.
 
 Installed by ``tlf-lf`` in every process when the rendered config asks for it (``speed: fast``
 unless the spec says ``dora_kernel: peft``), and only on the PEFT version it was tested with;
-anything it does not cover (quantised or transposed weights) goes to PEFT's own step. In PEFT
-0.18.1 the variant's step is the only caller of ``DoraLinearLayer.forward`` for Linear layers, so
-replacing the step alone is enough.
+anything it does not cover (quantised or transposed weights, a LoRA bias, hooks on the LoRA
+modules as DeepSpeed ZeRO-3 sets, an input not in the adapter's dtype) goes to PEFT's own step.
+In PEFT 0.18.1 the variant's step is the only caller of ``DoraLinearLayer.forward`` for Linear
+layers, so replacing the step alone is enough.
 """
 
 from __future__ import annotations
@@ -99,35 +102,69 @@ def _weight_norm(layer, weight, lora_A, lora_B, scaling, dtype):
     return cached[1]
 
 
-def fast_variant_forward(module, active_adapter, x, result, **kwargs):
-    """PEFT's ``DoraLinearVariant.forward`` (the LoRA layer's DoRA step) with its arithmetic in
-    fewer operations: ``result + (g - 1) * base + g * s * lora`` (g = magnitude / norm) becomes
-    ``g * (result + s * lora)`` when the base result is reused (dropout off, or eval), and
-    ``(result - base) + g * (base + s * lora)`` on dropped-out inputs. Same terms, regrouped."""
+def _frozen_weight_t(layer, weight):
+    """W^T (a view) of the frozen weight, kept until the weight itself changes."""
     import torch
-    import torch.nn.functional as F
+
+    if torch.compiler.is_compiling():
+        return weight.transpose(0, 1)
+    key = (weight.data_ptr(), weight._version, weight.shape)
+    cached = getattr(layer, "_tlf_w_t", None)
+    if cached is None or cached[0] != key:
+        cached = (key, weight.detach().transpose(0, 1))
+        layer._tlf_w_t = cached
+    return cached[1]
+
+
+def _plain_linear(module) -> bool:
+    """An nn.Linear without bias or hooks, whose product tlf may take on its weight directly."""
+    import torch
+
+    return (type(module) is torch.nn.Linear and module.bias is None
+            and not (module._forward_hooks or module._forward_pre_hooks))
+
+
+def fast_variant_forward(module, active_adapter, x, result, **kwargs):
+    """PEFT's ``DoraLinearVariant.forward`` (the LoRA layer's DoRA step) in fewer operations.
+
+    ``result + (g - 1) * base + g * s * lora`` (g = magnitude / norm) is regrouped as
+    ``g * (result + s * lora)`` when the base result is reused (dropout off, or eval), and
+    ``(result - base) + g * (base + s * lora)`` on dropped-out inputs: same terms. The products
+    are taken on the rows flattened to 2-D, as ``F.linear`` itself does inside, without its
+    per-call reshapes and transposes (the frozen weight's transpose is kept). (An ``addmm`` for
+    ``base + s (x A^T) B^T`` was slower on the CPU: it scales the (rows x r) gradient.)"""
+    import torch
 
     dora_layer = module.lora_magnitude_vector[active_adapter]
     base_layer = module.get_base_layer()
     weight = _weight_of(base_layer)
-    if weight is None or dora_layer.fan_in_fan_out:
-        return _original_variant_forward(module, active_adapter=active_adapter, x=x, result=result, **kwargs)
     lora_A, lora_B = module.lora_A[active_adapter], module.lora_B[active_adapter]
+    if (weight is None or dora_layer.fan_in_fan_out or not _plain_linear(lora_A) or not _plain_linear(lora_B)
+            or not x.dtype == lora_A.weight.dtype == lora_B.weight.dtype):
+        return _original_variant_forward(module, active_adapter=active_adapter, x=x, result=result, **kwargs)
     dropout, scaling = module.lora_dropout[active_adapter], module.scaling[active_adapter]
     # (out,) broadcasts over the last dimension: PEFT's .view(1, -1) is not needed
     scale = dora_layer.weight / _weight_norm(dora_layer, weight, lora_A, lora_B, scaling, x.dtype)
+    a_t, b_t = lora_A.weight.transpose(0, 1), lora_B.weight.transpose(0, 1)
+    rows = result.shape[:-1]
+    result = result.reshape(-1, result.shape[-1])
     if isinstance(dropout, torch.nn.Identity) or not module.training:
-        lora = lora_B(lora_A(x))
-        if base_layer.bias is None:
-            return scale * torch.add(result, lora, alpha=scaling)
-        base = result - base_layer.bias
-        return torch.addcmul(base_layer.bias.expand_as(result), scale, torch.add(base, lora, alpha=scaling))
+        lora = torch.mm(torch.mm(x.reshape(-1, x.shape[-1]), a_t), b_t)
+        bias = base_layer.bias
+        if bias is None:
+            out = scale * torch.add(result, lora, alpha=scaling)
+        else:
+            out = torch.addcmul(bias, scale, torch.add(result - bias, lora, alpha=scaling))
+        return out.view(*rows, out.shape[-1])
     x = dropout(x)
+    x = x.reshape(-1, x.shape[-1])
     if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
-        base = F.linear(x, weight)
+        base = torch.mm(x, _frozen_weight_t(dora_layer, weight))
     else:
-        base = F.linear(x, weight.to(x.dtype))
-    return torch.addcmul(result - base, scale, torch.add(base, lora_B(lora_A(x)), alpha=scaling))
+        base = torch.mm(x, weight.to(x.dtype).transpose(0, 1))
+    lora = torch.mm(torch.mm(x, a_t), b_t)
+    out = torch.addcmul(result - base, scale, torch.add(base, lora, alpha=scaling))
+    return out.view(*rows, out.shape[-1])
 
 
 def install(wanted: bool) -> str | None:

@@ -63,3 +63,17 @@ def test_select_benchmark_small(tmp_path):
     result = json.loads((tmp_path / "s.json").read_text())
     assert result["checkpoints"] == 2 and result["dev_rows"] == 200 and result["select_s"] > 0
     assert "selection / training:" in done.stdout
+
+
+def test_dora_layer_benchmark_small(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dora_bench.py"), "--width", "16", "--rank", "4",
+                           "--rows", "128", "--rounds", "2", "--calls", "2", "--json", str(tmp_path / "d.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "d.json").read_text())["results"]
+    assert set(results) == {f"{f}, dropout {d}" for f in ("peft", "tlf", "off") for d in (0.1, 0.0)}
+    # Event counts are exact, unlike the times: tlf's forward adds fewer operations than PEFT's.
+    for dropout in (0.1, 0.0):
+        assert results[f"off, dropout {dropout}"]["events_added"] == 0
+        assert results[f"tlf, dropout {dropout}"]["events_added"] < results[f"peft, dropout {dropout}"]["events_added"]
+    assert "events DoRA adds per call: PEFT" in done.stdout

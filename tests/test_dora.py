@@ -75,6 +75,57 @@ def test_same_losses_and_parameters_as_pefts_dora_in_fp32(tiny_gemma, rslora, dr
         assert fast_params[name].dtype == expected.dtype
 
 
+class _Block(torch.nn.Module):
+    def __init__(self, bias: bool, dtype: torch.dtype):
+        super().__init__()
+        self.q_proj = torch.nn.Linear(32, 48, bias=bias, dtype=dtype)
+
+    def forward(self, x):
+        return self.q_proj(x)
+
+
+def _outputs_and_gradients(fast: bool, bias: bool, dropout: float, training: bool, base_dtype=torch.float32):
+    from peft import LoraConfig, get_peft_model
+
+    dora.install(fast)
+    torch.manual_seed(0)
+    block = get_peft_model(_Block(bias, base_dtype), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                                use_dora=True, target_modules=["q_proj"]))
+    layer = block.base_model.model.q_proj
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()   # B starts at zero: make the adapter do something
+    block.train(training)
+    x = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(2), dtype=base_dtype, requires_grad=True)
+    torch.manual_seed(3)                            # the same dropout mask for both forwards
+    out = block(x)
+    if not training:
+        return out.detach(), {}
+    (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+    return out.detach(), {"x": x.grad, **{n: p.grad for n, p in block.named_parameters() if p.requires_grad}}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dropout, training", [(0.1, True), (0.0, True), (0.1, False)])
+def test_one_layer_output_and_every_gradient_equal_pefts(bias, dropout, training):
+    """Each branch of the step (dropped-out input, reused base result, eval) with and without a
+    base bias: the output and the gradients of the input, A, B and the magnitude."""
+    peft_out, peft_grads = _outputs_and_gradients(False, bias, dropout, training)
+    fast_out, fast_grads = _outputs_and_gradients(True, bias, dropout, training)
+    assert torch.allclose(fast_out, peft_out, rtol=1e-5, atol=1e-6)
+    assert peft_grads.keys() == fast_grads.keys()
+    for name, expected in peft_grads.items():
+        assert torch.allclose(fast_grads[name], expected, rtol=1e-5, atol=1e-6), name
+    assert len(peft_grads) == (4 if training else 0)   # x, A, B, magnitude; the bias is frozen
+
+
+def test_a_half_precision_base_under_an_fp32_adapter_without_autocast():
+    """Predict-like: a bf16 base layer, PEFT's fp32 adapter, eval, no autocast (add promotes)."""
+    peft_out, _ = _outputs_and_gradients(False, False, 0.0, False, base_dtype=torch.bfloat16)
+    fast_out, _ = _outputs_and_gradients(True, False, 0.0, False, base_dtype=torch.bfloat16)
+    assert fast_out.dtype == peft_out.dtype
+    assert torch.allclose(fast_out.float(), peft_out.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_loraplus_ratio_and_gradient_checkpointing(tiny_gemma):
     """Checkpointing recomputes the forward in backward: the reused norm must be the same one."""
     peft_losses, peft_params = _train(tiny_gemma, False, True, 0.1, steps=8, loraplus_ratio=16.0, checkpointing=True,
