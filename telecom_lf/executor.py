@@ -118,7 +118,8 @@ def _progress_line(progress: Progress) -> str | None:
 def _eta(entry: dict, start_step: int) -> str:
     elapsed = rundir.elapsed_seconds(entry.get("elapsed_time"))
     done = entry["current_steps"] - start_step
-    if elapsed is None or done <= 0 or not isinstance(entry.get("total_steps"), int):
+    # LLaMA-Factory logs whole seconds: in the first second there is no pace to go by
+    if not elapsed or done <= 0 or not isinstance(entry.get("total_steps"), int):
         return "?"
     return str(timedelta(seconds=int((entry["total_steps"] - entry["current_steps"]) * elapsed / done)))
 

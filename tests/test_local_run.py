@@ -153,3 +153,18 @@ def test_the_progress_line_after_a_resume_is_this_jobs_own(tmp_path):
                                  "remaining_time": "0:00:04"}) + "\n")
     line = _progress_line(progress)
     assert "(70/100 steps)" in line and line.endswith("ETA 0:01:00")
+
+
+@pytest.mark.unit
+def test_no_eta_before_a_whole_second_has_passed(tmp_path):
+    """The demo printed 'elapsed 0:00:00, ETA 0:00:00' at 1% of a 44 s run: LLaMA-Factory logs
+    whole seconds, so at first there is no pace to estimate from."""
+    from telecom_lf.executor import Progress, _progress_line
+
+    log = tmp_path / "trainer_log.jsonl"
+    entry = {"current_steps": 20, "total_steps": 1764, "percentage": 1.1, "elapsed_time": "0:00:00",
+             "remaining_time": "0:00:00"}
+    log.write_text(json.dumps(entry) + "\n")
+    assert _progress_line(Progress(log, "train", 0, 0)).endswith("elapsed 0:00:00, ETA ?")
+    log.write_text(json.dumps({**entry, "elapsed_time": "0:00:02"}) + "\n")
+    assert _progress_line(Progress(log, "train", 0, 0)).endswith("ETA 0:02:54")
