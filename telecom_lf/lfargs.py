@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import enum
 import json
+import math
 import os
 import types
 import typing
@@ -178,7 +179,40 @@ def check_value(name: str, value) -> str | None:
         return f"expected {expected}, got {kind} {value!r}{hint}"
     if kind == "str" and info.choices and value not in info.choices:
         return f"{value!r} is not one of {list(info.choices)}{suggest(value, info.choices)}"
+    if kind in ("int", "float") and name in RANGES:
+        return _out_of_range(RANGES[name], value)
     return None
+
+
+# Ranges LLaMA-Factory does not check when it reads its arguments: a value outside one fails
+# only once the job runs (PEFT refuses r = -1 after the model is loaded), or trains nothing
+# (0 epochs). (lowest, lowest allowed?, highest, highest allowed?); None: no bound.
+RANGES = {
+    "lora_rank": (1, True, None, False),
+    "lora_alpha": (0, False, None, False),
+    "lora_dropout": (0, True, 1, False),
+    "learning_rate": (0, False, None, False),
+    "num_train_epochs": (0, False, None, False),
+    "cutoff_len": (1, True, None, False),
+    "per_device_train_batch_size": (1, True, None, False),
+    "per_device_eval_batch_size": (1, True, None, False),
+    "gradient_accumulation_steps": (1, True, None, False),
+    "max_new_tokens": (1, True, None, False),
+    "max_samples": (1, True, None, False),
+    "loraplus_lr_ratio": (0, False, None, False),
+    "warmup_ratio": (0, True, 1, True),
+}
+
+
+def _out_of_range(bounds, value) -> str | None:
+    low, low_allowed, high, high_allowed = bounds
+    above = value >= low if low_allowed else value > low
+    below = high is None or (value <= high if high_allowed else value < high)
+    if above and below and math.isfinite(value):
+        return None
+    interval = (("[" if low_allowed else "(") + f"{low}, " + ("inf)" if high is None else
+                f"{high}" + ("]" if high_allowed else ")")))
+    return f"expected a finite value in {interval}, got {value!r}"
 
 
 # bool before int: YAML's true is a Python bool, which is also an int.
