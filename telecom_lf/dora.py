@@ -12,10 +12,10 @@ in fp32 with autocast off, keeps ||W_i||^2 of the frozen weight, and reuses the 
 until the next optimiser step (or an in-place change of A or B), so the micro-batches of one
 optimiser step and the recompute under gradient checkpointing share it, regroups the step's
 arithmetic into fewer operations, and takes its products on the rows flattened to 2-D (what
-``F.linear`` does inside, without its per-call reshapes and transposes). The magnitude's gradient, dropout, the extra product of the frozen weight
-with the dropped-out input, and the base result reused when dropout is off stay as PEFT has
-them. Under ``torch.compile`` the norm is recomputed in the traced graph (no Python cache) and
-nothing breaks the graph.
+``F.linear`` does inside, without its per-call reshapes and transposes). The magnitude's
+gradient, dropout, the extra product of the frozen weight with the dropped-out input, and the
+base result reused when dropout is off stay as PEFT has them. Under ``torch.compile`` the norm
+is recomputed in the traced graph (no Python cache) and nothing breaks the graph.
 
 Installed by ``tlf-lf`` in every process when the rendered config asks for it (``speed: fast``
 unless the spec says ``dora_kernel: peft``), and only on the PEFT version it was tested with;
@@ -55,19 +55,25 @@ def _weight_of(base_layer):
     return weight
 
 
-def _squared_row_norms(layer, weight):
-    """||W_i||^2 of the frozen weight in fp32, kept until the weight itself changes."""
+def _of_frozen_weight(layer, name: str, weight, compute):
+    """``compute(weight)`` (no grad), kept on ``layer`` until the frozen weight itself changes;
+    under ``torch.compile``, computed in the traced graph (no Python cache)."""
     import torch
 
-    key = (weight.data_ptr(), weight._version, weight.shape)
-    cached = getattr(layer, "_tlf_w_norms", None)
     if torch.compiler.is_compiling():
-        return weight.float().pow(2).sum(1)
+        return compute(weight)
+    key = (weight.data_ptr(), weight._version, weight.shape)
+    cached = getattr(layer, name, None)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, weight.float().pow(2).sum(1))
-        layer._tlf_w_norms = cached
+            cached = (key, compute(weight))
+        setattr(layer, name, cached)
     return cached[1]
+
+
+def _squared_row_norms(layer, weight):
+    """||W_i||^2 of the frozen weight in fp32."""
+    return _of_frozen_weight(layer, "_tlf_w_norms", weight, lambda w: w.float().pow(2).sum(1))
 
 
 def factored_weight_norm(weight, lora_a, lora_b, scaling, w_squared):
@@ -103,17 +109,8 @@ def _weight_norm(layer, weight, lora_A, lora_B, scaling, dtype):
 
 
 def _frozen_weight_t(layer, weight):
-    """W^T (a view) of the frozen weight, kept until the weight itself changes."""
-    import torch
-
-    if torch.compiler.is_compiling():
-        return weight.transpose(0, 1)
-    key = (weight.data_ptr(), weight._version, weight.shape)
-    cached = getattr(layer, "_tlf_w_t", None)
-    if cached is None or cached[0] != key:
-        cached = (key, weight.detach().transpose(0, 1))
-        layer._tlf_w_t = cached
-    return cached[1]
+    """W^T (a view) of the frozen weight."""
+    return _of_frozen_weight(layer, "_tlf_w_t", weight, lambda w: w.detach().transpose(0, 1))
 
 
 def _plain_linear(module) -> bool:
