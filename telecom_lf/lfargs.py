@@ -180,39 +180,44 @@ def check_value(name: str, value) -> str | None:
     if kind == "str" and info.choices and value not in info.choices:
         return f"{value!r} is not one of {list(info.choices)}{suggest(value, info.choices)}"
     if kind in ("int", "float") and name in RANGES:
-        return _out_of_range(RANGES[name], value)
+        return RANGES[name].problem(value)
     return None
+
+
+class Range(typing.NamedTuple):
+    low: float
+    low_included: bool = True
+    high: float | None = None      # None: no upper bound
+    high_included: bool = False
+
+    def problem(self, value) -> str | None:
+        above = value >= self.low if self.low_included else value > self.low
+        below = self.high is None or (value <= self.high if self.high_included else value < self.high)
+        if above and below and math.isfinite(value):
+            return None
+        opening = "[" if self.low_included else "("
+        closing = "inf)" if self.high is None else f"{self.high}{']' if self.high_included else ')'}"
+        return f"expected a finite value in {opening}{self.low}, {closing}, got {value!r}"
 
 
 # Ranges LLaMA-Factory does not check when it reads its arguments: a value outside one fails
 # only once the job runs (PEFT refuses r = -1 after the model is loaded), or trains nothing
-# (0 epochs). (lowest, lowest allowed?, highest, highest allowed?); None: no bound.
+# (0 epochs).
 RANGES = {
-    "lora_rank": (1, True, None, False),
-    "lora_alpha": (0, False, None, False),
-    "lora_dropout": (0, True, 1, False),
-    "learning_rate": (0, False, None, False),
-    "num_train_epochs": (0, False, None, False),
-    "cutoff_len": (1, True, None, False),
-    "per_device_train_batch_size": (1, True, None, False),
-    "per_device_eval_batch_size": (1, True, None, False),
-    "gradient_accumulation_steps": (1, True, None, False),
-    "max_new_tokens": (1, True, None, False),
-    "max_samples": (1, True, None, False),
-    "loraplus_lr_ratio": (0, False, None, False),
-    "warmup_ratio": (0, True, 1, True),
+    "lora_rank": Range(1),
+    "lora_alpha": Range(0, low_included=False),
+    "lora_dropout": Range(0, high=1),
+    "learning_rate": Range(0, low_included=False),
+    "num_train_epochs": Range(0, low_included=False),
+    "cutoff_len": Range(1),
+    "per_device_train_batch_size": Range(1),
+    "per_device_eval_batch_size": Range(1),
+    "gradient_accumulation_steps": Range(1),
+    "max_new_tokens": Range(1),
+    "max_samples": Range(1),
+    "loraplus_lr_ratio": Range(0, low_included=False),
+    "warmup_ratio": Range(0, high=1, high_included=True),
 }
-
-
-def _out_of_range(bounds, value) -> str | None:
-    low, low_allowed, high, high_allowed = bounds
-    above = value >= low if low_allowed else value > low
-    below = high is None or (value <= high if high_allowed else value < high)
-    if above and below and math.isfinite(value):
-        return None
-    interval = (("[" if low_allowed else "(") + f"{low}, " + ("inf)" if high is None else
-                f"{high}" + ("]" if high_allowed else ")")))
-    return f"expected a finite value in {interval}, got {value!r}"
 
 
 # bool before int: YAML's true is a Python bool, which is also an int.

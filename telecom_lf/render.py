@@ -385,7 +385,7 @@ def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dic
         "varied": run.varied,
         "baseline": run.is_baseline,
         "trains": run.train_args is not None,
-        "finetuning_type": (run.train_args or {}).get("finetuning_type", "lora") if run.train_args is not None else None,
+        "finetuning_type": run.train_args.get("finetuning_type", "lora") if run.train_args is not None else None,
         "dora_kernel": "fast" if uses_fast_dora(spec, run) else "peft",
         "predict_sets": spec.predict_sets,
         "select": ({"on": spec.select.on, "metric": spec.select.metric, "every": spec.select.every}
