@@ -52,35 +52,38 @@ def _cleaned(path: str, clean) -> None:
     atomic_write(Path(path), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def install_blog_decoding() -> None:
-    """Make 0.9.5's save_predictions clean up the predicted text's spaces as 0.6 did.
+def install_blog_decoding(wanted: bool = True) -> None:
+    """Make 0.9.5's save_predictions clean up the predicted text's spaces as 0.6 did (or, with
+    ``wanted=False``, put 0.9.5's back: one ``tlf-lf chain`` process may run both kinds).
 
     ``clean_up_tokenization_spaces=True`` is ``tokenizer.clean_up_tokenization`` applied to the
     decoded string, so applying it to each written prediction gives 0.6's text exactly."""
     global _original_save_predictions
     from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 
-    if _original_save_predictions is not None:
-        return
-    _original_save_predictions = CustomSeq2SeqTrainer.save_predictions
+    if _original_save_predictions is None:
+        _original_save_predictions = CustomSeq2SeqTrainer.save_predictions
+    original = _original_save_predictions
 
     def save_predictions(self, dataset, predict_results, *args, **kwargs):
-        _original_save_predictions(self, dataset, predict_results, *args, **kwargs)
+        original(self, dataset, predict_results, *args, **kwargs)
         if self.is_world_process_zero():
             import os
 
             _cleaned(os.path.join(self.args.output_dir, "generated_predictions.jsonl"),
                      self.processing_class.clean_up_tokenization)
 
-    CustomSeq2SeqTrainer.save_predictions = save_predictions
+    CustomSeq2SeqTrainer.save_predictions = save_predictions if wanted else original
 
 
 def install_for(config_path: str | None) -> None:
     from .rundir import header_marker
 
-    if header_marker(config_path, DECODE_KEY) == "0.6":
+    wanted = header_marker(config_path, DECODE_KEY) == "0.6"
+    if wanted or _original_save_predictions is not None:
+        install_blog_decoding(wanted)
+    if wanted:
         import sys
 
-        install_blog_decoding()
         print("tlf: predictions decoded as LLaMA-Factory 0.6 did (clean_up_tokenization_spaces=True; "
               f"{DECODE_KEY}=0.6 in the config's header)", file=sys.stderr)

@@ -23,6 +23,9 @@ USAGE = """usage: tlf-lf COMMAND [ARGS]   (llamafactory-cli with tlf's blog-era 
   tlf-lf select CONFIG.yaml KEY CHECKPOINT OUTPUT [CHECKPOINT OUTPUT ...]
                                               predict CONFIG once per checkpoint (KEY=CHECKPOINT,
                                               output_dir=OUTPUT) in one process (tlf step select uses it)
+  tlf-lf chain CONFIG.yaml LOG [CONFIG.yaml LOG ...]
+                                              train/predict each config in turn in one process, its output
+                                              appended to its LOG; stops at the first failure (tlf run)
 
 Templates added: tlf_blog_default (LLaMA-Factory 0.6's `default`, the blog's prompts).
 """
@@ -36,6 +39,9 @@ def main() -> None:
         sys.exit(0 if len(sys.argv) > 1 else 2)
     if sys.argv[1] == "select":
         select(sys.argv[2:])
+        return
+    if sys.argv[1] == "chain":
+        chain(sys.argv[2:])
         return
     if sys.argv[1] == "slurm-node":
         # One srun task per node (see templates/_step_body.j2): tell LLaMA-Factory's launcher
@@ -70,10 +76,6 @@ def _prepare(config: str | None) -> None:
 def select(argv: list[str]) -> None:
     """One predict config over several checkpoints, in this one process: Python and LLaMA-Factory
     are imported once, not once per checkpoint (seconds each on a GPU node)."""
-    import gc
-
-    import yaml
-
     if len(argv) < 4 or len(argv) % 2:
         print(USAGE, end="", file=sys.stderr)
         sys.exit(2)
@@ -81,19 +83,54 @@ def select(argv: list[str]) -> None:
     _prepare(config)
     from llamafactory.train.tuner import run_exp
 
-    with open(config, encoding="utf-8") as handle:
-        base = yaml.safe_load(handle)
+    base = _read_yaml(config)
     for checkpoint, output in pairs:
         print(f"tlf-lf select: {checkpoint} -> {output}", flush=True)
         run_exp({**base, key: checkpoint, "output_dir": output})
-        gc.collect()
-        try:
-            import torch
+        _release_memory()
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+
+def chain(argv: list[str]) -> None:
+    """Several configs in this one process: Python, torch and LLaMA-Factory are imported once
+    (~10 s of a CPU process), not once per config. Each config gets its own header's set-up, and
+    its own log: this process's stdout and stderr are pointed at it while it runs."""
+    import os
+
+    if not argv or len(argv) % 2:
+        print(USAGE, end="", file=sys.stderr)
+        sys.exit(2)
+    from llamafactory.train.tuner import run_exp
+
+    for config, log in zip(argv[0::2], argv[1::2]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with open(log, "ab") as handle:
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+        print(f"tlf-lf chain: {config}", flush=True)
+        _prepare(config)
+        run_exp(_read_yaml(config))
+        _release_memory()
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 def _worker() -> None:
@@ -106,7 +143,7 @@ def _worker() -> None:
 if __name__ == "__main__":
     # torchrun runs this file directly: argv is the YAML (and overrides), no sub-command.
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "chat", "export", "env", "version", "api", "slurm-node",
-                                             "select"):
+                                             "select", "chain"):
         main()
     else:
         _worker()

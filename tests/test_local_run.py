@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tlf_bin
+from conftest import spec_file, tlf_bin
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +169,42 @@ def test_no_eta_before_a_whole_second_has_passed(tmp_path):
     assert _progress_line(Progress(log, "train", 0, 0)).endswith("elapsed 0:00:00, ETA ?")
     log.write_text(json.dumps({**entry, "elapsed_time": "0:00:02"}) + "\n")
     assert _progress_line(Progress(log, "train", 0, 0)).endswith("ETA 0:02:54")
+
+
+def test_one_process_per_run_keeps_each_steps_log_and_record_and_stops_at_a_failure(tiny_gemma, telecom_dir,
+                                                                                     tmp_path):
+    """`tlf run` gives a run's train and predicts one LLaMA-Factory process (`tlf-lf chain`).
+    A predict that fails there is recorded failed with its own log's cause; the steps after it
+    did not run and say so; the train is done and is not redone once the data is mended."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(telecom_dir, data_dir)
+    spec = spec_file(tmp_path / "chain.yaml", tiny_gemma, data_dir, sets=("telecom_test_100", "telecom_train_100"))
+    out = tmp_path / "runs"
+    good = (data_dir / "telecom_test_100.json").read_bytes()
+    (data_dir / "telecom_test_100.json").write_text("[{", encoding="utf-8")
+    failed = subprocess.run([tlf_bin(), "run", spec, "--out", out], capture_output=True, text=True)
+    assert failed.returncode != 0
+    run_dir = out / "chain" / "chain"
+    states = {p.stem: json.loads(p.read_text()) for p in (run_dir / "steps").glob("*.json")}
+    assert states["train"]["state"] == "done"
+    assert states["predict-telecom_test_100"]["state"] == "failed"
+    assert states["predict-telecom_test_100"]["log"] == str(run_dir / "logs" / "predict-telecom_test_100.log")
+    cause = states["predict-telecom_test_100"]["cause"]
+    assert cause and "not run" not in cause and cause in failed.stderr
+    assert states["predict-telecom_train_100"]["cause"] == "not run: predict-telecom_test_100 failed before it"
+    for step in ("train", "predict-telecom_test_100"):
+        log = (run_dir / "logs" / f"{step}.log").read_text(encoding="utf-8", errors="replace")
+        assert f"tlf-lf chain: {run_dir / (step + '.yaml')}" in log
+    assert "Running training" not in (run_dir / "logs" / "predict-telecom_test_100.log").read_text(errors="replace")
+    adapter = run_dir / "train" / "adapter_model.safetensors"
+    trained = adapter.stat().st_mtime_ns
+
+    (data_dir / "telecom_test_100.json").write_bytes(good)
+    mended = subprocess.run([tlf_bin(), "run", spec, "--out", out], capture_output=True, text=True)
+    assert mended.returncode == 0, mended.stderr[-3000:]
+    assert "chain: train: done already, skipped" in mended.stdout
+    assert "chain: predict telecom_test_100: predicted" in mended.stdout
+    assert "chain: predict telecom_train_100: predicted" in mended.stdout
+    assert adapter.stat().st_mtime_ns == trained
+    states = {p.stem: json.loads(p.read_text())["state"] for p in (run_dir / "steps").glob("*.json")}
+    assert states == dict.fromkeys(["train", "predict-telecom_test_100", "predict-telecom_train_100", "score"], "done")
