@@ -730,5 +730,24 @@ def prepare_synthetic(root: Path, n_rows: int = 5000, seed: int = 0, mode: str =
     records, categories, meta = load_imported(imported.data_file)
     plan = plan_splits(categories, default_requests(mode=mode), seed=split_seed, mode=mode)
     files, manifest = render_splits(records, categories, plan, meta, imported.data_file)
+    manifest["ceiling"] = synthetic_ceiling(files)
     write_splits(root / "data", files, manifest, force=True)
     return root / "data"
+
+
+CEILING_WHY = ("the share of rows whose answer follows from the question alone (its product and intent, read "
+               "with the catalogue): no model can score more exact matches")
+
+
+def synthetic_ceiling(files: dict[str, bytes]) -> dict:
+    """Per synthetic subset: the best exact match a model can reach (``synth.derivable``)."""
+    from . import synth
+
+    before, after = BLOG_INSTRUCTION.split("{question}")
+    ceiling = {}
+    for name, blob in files.items():
+        rows = json.loads(blob)
+        questions = [r["instruction"].removeprefix(before).removesuffix(after) for r in rows]
+        reachable = sum(synth.derivable(q, r["output"]) for q, r in zip(questions, rows))
+        ceiling[name.removesuffix(".json")] = {"acc": round(100 * reachable / max(len(rows), 1), 2), "why": CEILING_WHY}
+    return ceiling

@@ -76,6 +76,7 @@ class Study:
     records: list[RunRecord]
     questions: dict                       # predict set -> [{question, label, category}]
     notes: list[str]
+    ceiling: dict = field(default_factory=dict)   # predict set -> best possible acc %, where the data says
 
     @property
     def sets(self) -> list[str]:
@@ -263,7 +264,9 @@ def gather(root: Path) -> Study:
                        run.get("reference") if run.get("reference") in names else None) for run in runs]
     axes = [a for a in experiment.get("axes") or _axes_from_varied(runs) if isinstance(a, dict) and a.get("arguments")]
     questions = {d: _questions(root, runs, d) for d in sets}
-    return Study(experiment, axes, records, questions, _notes(records, questions, _instruction(root, runs)))
+    ceiling = _ceiling(root, runs, sets)
+    notes = _notes(records, questions, _instruction(root, runs)) + _ceiling_notes(ceiling)
+    return Study(experiment, axes, records, questions, notes, {d: c["acc"] for d, c in ceiling.items()})
 
 
 def _axes_from_varied(runs: list[dict]) -> list[dict]:
@@ -287,6 +290,25 @@ def _questions(root: Path, runs: list[dict], dataset: str) -> list[dict]:
                  "label": str(r.get("output", "")), "category": categories[i] if i < len(categories) else ""}
                 for i, r in enumerate(records) if isinstance(r, dict)]
     return []
+
+
+def _ceiling(root: Path, runs: list[dict], sets: list[str]) -> dict:
+    """Best possible exact match per predict set, where the split manifest records one (synthetic data)."""
+    for run in runs:
+        manifest = _read_object(root / run["name"] / rundir.MANIFEST)
+        split = _read_object(Path(manifest["split_manifest"])) if isinstance(manifest.get("split_manifest"), str) else {}
+        ceiling = split.get("ceiling")
+        if isinstance(ceiling, dict):
+            return {d: ceiling[d] for d in sets if isinstance(ceiling.get(d), dict) and _number(ceiling[d].get("acc"))}
+    return {}
+
+
+def _ceiling_notes(ceiling: dict) -> list[str]:
+    by_value: dict = {}
+    for dataset, entry in ceiling.items():
+        by_value.setdefault((entry["acc"], str(entry.get("why", ""))), []).append(dataset)
+    return [f"best possible acc on {' and '.join(sets)}: {value:g} % ({why})" if why else
+            f"best possible acc on {' and '.join(sets)}: {value:g} %" for (value, why), sets in by_value.items()]
 
 
 def _instruction(root: Path, runs: list[dict]) -> str | None:
@@ -568,6 +590,10 @@ def axis_plot(study: Study, axis: dict) -> bytes | None:
                 plot.axhline(value, linestyle=(0, (4, 3)), linewidth=1, color=color, alpha=0.7,
                              label=f"{baseline.label or baseline.name}, {dataset}")
                 top = max(top, value)
+            if metric == "acc" and dataset in study.ceiling:
+                plot.axhline(study.ceiling[dataset], linestyle=":", linewidth=1.5, color=color,
+                             label=f"best possible, {dataset}")
+                top = max(top, study.ceiling[dataset])
         plot.set_ylim(0, max(5.0, top * 1.12))          # never a degenerate axis, 0 always shown
         plot.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
         plot.set_xlim(-0.5, len(labels) - 0.5)

@@ -3,15 +3,18 @@
 The real file cannot be shipped, so tests and the demo use this generator. It keeps the
 properties that matter to the study:
 - answers are category-tagged ids (``取消方式_68``), sometimes several items and prices
-  joined by ``|`` (``业务简介_111|9.9|11.9|开通方式_98``);
+  joined by ``|`` (``业务简介_105|9.9|11.9|开通方式_105``);
 - the answer is a function of the product and the intent in the question, so a model
-  can learn it, and the categories are imbalanced like the competition's;
+  can learn it, and the categories are imbalanced like the competition's. An id's number
+  is its product's catalogue number (every answer about a product carries it), and
+  ``catalogue()`` is the product catalogue, unlabelled text a base model can read;
 - about a quarter of the answers are longer than 10 characters (the blog's "long answers").
 Same seed, same rows, byte for byte.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -57,10 +60,13 @@ class SynthRow:
     answer: str
 
 
+def product_code(product_index: int) -> int:
+    """The product's catalogue number: distinct for the 40 products (37 is prime to 140)."""
+    return 20 + (48 + 37 * product_index) % 140
+
+
 def _item_id(category: str, product_index: int) -> str:
-    # A stable id per (category, product) keeps answers learnable from the question.
-    base = 7 * len(category) + 13 * sum(map(ord, category)) % 90
-    return f"{category}_{base + product_index}"
+    return f"{category}_{product_code(product_index)}"
 
 
 def _price(product_index: int) -> list[str]:
@@ -105,6 +111,72 @@ def generate(n_rows: int, seed: int = 0) -> list[SynthRow]:
     while len(rows) < n_rows:
         rows[(_combo if rng.random() < LONG_SHARE else _single)(rng)] = None
     return list(rows)
+
+
+CATALOGUE_LINES = ["{p}的{c}：{id}", "关于{p}，{c}请看{id}", "{p}{c}文档{id}", "查询{p}：{c}对应{id}",
+                   "{p}是中国电信的一项业务，它的{c}见{id}", "{c}（{p}）：{id}",
+                   "{p}：客户可以在营业厅、网上营业厅或客服热线咨询，{c}的说明见{id}",
+                   "您好，您问的是{p}，稍等，我帮您查一下，{c}在这里：{id}"]
+
+
+def catalogue() -> list[str]:
+    """The operator's product catalogue: lines naming each (product, category)'s document
+    (``腾讯王卡的取消方式：取消方式_76``) in a few phrasings, and each product's prices.
+    Unlabelled text: never a user's question."""
+    lines = []
+    for index, product in enumerate(PRODUCTS):
+        for category, _, _ in INTENTS:
+            lines += [line.format(p=product, c=category, id=_item_id(category, index)) for line in CATALOGUE_LINES]
+        lines.append(f"{product}的价格是{'|'.join(_price(index))}")
+    return lines
+
+
+@functools.cache
+def _answers_by_body() -> dict[str, set[str]]:
+    """Every question body (a pattern with its product) -> the answers the generator gives it."""
+    bodies: dict[str, set[str]] = {}
+    for index, product in enumerate(PRODUCTS):
+        for category, _, patterns in INTENTS:
+            for pattern in patterns:
+                bodies.setdefault(pattern.format(p=product), set()).add(_item_id(category, index))
+        for (first, second), patterns in COMBOS:
+            items = [_item_id(first, index)]
+            if "资费介绍" in (first, second) or first == "业务简介":
+                items += _price(index)
+            items.append(_item_id(second, index))
+            for pattern in patterns:
+                bodies.setdefault(pattern.format(p=product), set()).add("|".join(items))
+    return bodies
+
+
+def derivable(question: str, answer: str) -> bool:
+    """Whether ``answer`` follows from ``question`` alone: its product and intent, read with the
+    catalogue and glossary, give exactly this answer and no other. An answer that does not
+    (a number drawn at random, a question two answers share) no model can be sure to reach."""
+    bodies = _answers_by_body()
+    found = set()
+    for prefix in set(PREFIXES):
+        for suffix in set(SUFFIXES):
+            if question.startswith(prefix) and question.endswith(suffix) and len(question) > len(prefix + suffix):
+                found |= bodies.get(question[len(prefix):len(question) - len(suffix)], set())
+    return found == {answer}
+
+
+def glossary() -> list[str]:
+    """How customers phrase each kind of question (``怎么退订腾讯王卡？这是问腾讯王卡的取消方式``):
+    the Chinese a real base model brings, which a 64-wide one has to be taught. It names the
+    category a phrasing asks about, never the document number."""
+    lines = []
+    for category, _, patterns in INTENTS:
+        lines += [f"{pattern.format(p=p)}？这是问{p}的{category}" for pattern in patterns for p in PRODUCTS]
+    for (first, second), patterns in COMBOS:
+        lines += [f"{pattern.format(p=p)}？这是问{p}的{first}和{second}" for pattern in patterns for p in PRODUCTS]
+    return lines
+
+
+def whole_terms() -> list[str]:
+    """The strings the demo's tokenizer keeps whole: products, categories, ``_<number>``."""
+    return list(PRODUCTS) + [c for c, _, _ in INTENTS] + [f"_{product_code(i)}" for i in range(len(PRODUCTS))]
 
 
 def corpus_text() -> list[str]:

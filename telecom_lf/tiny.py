@@ -36,6 +36,9 @@ class TinySpec:
     head_dim: int = 16
     vocab_size: int = 768
     seed: int = 0
+    # One token per product name, category and catalogue number (the demo): a 64-wide model
+    # then learns facts about a product, not how to spell it.
+    whole_terms: bool = False
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -57,7 +60,11 @@ def _train_tokenizer(spec: TinySpec):
     )
     corpus = synth.corpus_text() + TEMPLATE_TEXT
     corpus += [BLOG_INSTRUCTION.format(question=q) for q in synth.corpus_text()[:200]]
+    if spec.whole_terms:
+        corpus += synth.catalogue() + synth.glossary()
     tokenizer.train_from_iterator(corpus, trainer=trainer)
+    if spec.whole_terms:
+        tokenizer.add_tokens(synth.whole_terms())
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<bos>",
