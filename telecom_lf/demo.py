@@ -23,7 +23,7 @@ from .errors import TlfError
 from .fsutil import atomic_write
 
 # The base model: one token per product, category and catalogue number, four key/value heads
-# (one shared head could not carry 40 products' identities), pre-trained on the catalogue.
+# (one shared head could not carry 40 products' identities), pre-trained on catalogue and glossary.
 BASE_SPEC = tiny.TinySpec(arch="gemma", num_key_value_heads=4, whole_terms=True)
 CATALOGUE_REPEATS = 8
 GLOSSARY_REPEATS = 3

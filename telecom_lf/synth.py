@@ -88,14 +88,18 @@ def _single(rng: random.Random) -> SynthRow:
     return SynthRow(_phrase(rng, patterns, index), _item_id(category, index))
 
 
+def _combo_answer(first: str, second: str, product_index: int) -> str:
+    items = [_item_id(first, product_index)]
+    if "资费介绍" in (first, second) or first == "业务简介":
+        items += _price(product_index)
+    items.append(_item_id(second, product_index))
+    return "|".join(items)
+
+
 def _combo(rng: random.Random) -> SynthRow:
     (first, second), patterns = rng.choice(COMBOS)
     index = rng.randrange(len(PRODUCTS))
-    items = [_item_id(first, index)]
-    if "资费介绍" in (first, second) or first == "业务简介":
-        items += _price(index)
-    items.append(_item_id(second, index))
-    return SynthRow(_phrase(rng, patterns, index), "|".join(items))
+    return SynthRow(_phrase(rng, patterns, index), _combo_answer(first, second, index))
 
 
 def generate(n_rows: int, seed: int = 0) -> list[SynthRow]:
@@ -140,12 +144,8 @@ def _answers_by_body() -> dict[str, set[str]]:
             for pattern in patterns:
                 bodies.setdefault(pattern.format(p=product), set()).add(_item_id(category, index))
         for (first, second), patterns in COMBOS:
-            items = [_item_id(first, index)]
-            if "资费介绍" in (first, second) or first == "业务简介":
-                items += _price(index)
-            items.append(_item_id(second, index))
             for pattern in patterns:
-                bodies.setdefault(pattern.format(p=product), set()).add("|".join(items))
+                bodies.setdefault(pattern.format(p=product), set()).add(_combo_answer(first, second, index))
     return bodies
 
 

@@ -53,6 +53,22 @@ def test_synth_is_deterministic_and_shaped_like_the_competition():
     assert any("|" in r.answer and "." in r.answer for r in first)  # items and prices
 
 
+def test_every_synthetic_answer_follows_from_its_question_and_the_split_says_so(telecom_dir):
+    rows = synth.generate(5000, seed=0)
+    assert all(synth.derivable(r.question, r.answer) for r in rows)
+    first = rows[0]
+    number = first.answer.rsplit("_", 1)[1].split("|")[0]
+    assert not synth.derivable(first.question, first.answer.replace(number, str(int(number) + 1), 1))
+    assert not synth.derivable("你好", first.answer)
+    # every id's document is in the catalogue the demo's base model reads; no line pairs it with a question
+    catalogue = "\n".join(synth.catalogue())
+    assert all(item in catalogue for r in rows for item in r.answer.split("|") if "_" in item)
+    assert not any(r.question in line for r in rows[:200] for line in synth.catalogue())
+    assert not any("_" in line for line in synth.glossary())      # the glossary names no document
+    manifest = json.loads((telecom_dir / "split_manifest.json").read_text(encoding="utf-8"))
+    assert {name: c["acc"] for name, c in manifest["ceiling"].items()} == dict.fromkeys(manifest["splits"], 100.0)
+
+
 def test_synth_cli_writes_identical_bytes(tmp_path):
     tlf("data", "synth", "--rows", 300, "--seed", 7, "--out", tmp_path / "a.csv")
     tlf("data", "synth", "--rows", 300, "--seed", 7, "--out", tmp_path / "b.csv")

@@ -9,10 +9,12 @@ seconds; the integration and Slurm suites build reports from real runs too.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from telecom_lf import data as data_mod
 from telecom_lf import report, rundir, score
 
 pytestmark = pytest.mark.unit
@@ -321,3 +323,31 @@ def test_the_page_in_chromium_sorts_filters_and_shows_no_error(vary_study, brows
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page.settle()
     assert page.errors == []
+
+
+def test_the_best_possible_score_the_data_records_is_noted_and_drawn(tmp_path, telecom_dir, monkeypatch):
+    """Synthetic data records per subset the share of answers that follow from their question
+    (the ceiling of exact match); the report says it and draws it on the acc plot. Data without
+    that record (a real competition file) gets neither."""
+    for data, expected in ((telecom_dir, 100.0), (tmp_path / "plain", None)):
+        if expected is None:
+            shutil.copytree(telecom_dir, data)
+            manifest = json.loads((data / "split_manifest.json").read_text(encoding="utf-8"))
+            del manifest["ceiling"]
+            (data / "split_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+        root = tmp_path / f"e-{data.name}"
+        make_experiment(root, [{"name": "a", "point": {"lora_rank": 2}}, {"name": "b", "point": {"lora_rank": 4}}],
+                        [{"kind": "grid", "arguments": ["lora_rank"]}])
+        make_run(root, data, "a", right=1)
+        make_run(root, data, "b", right=3)
+        study = report.gather(root)
+        figures = _capture(monkeypatch)
+        report.axis_plot(study, study.axes[0])
+        lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+        noted = [n for n in study.notes if n.startswith("best possible acc")]
+        if expected is None:
+            assert not noted and f"best possible, {SET}" not in lines
+            continue
+        assert noted == [f"best possible acc on {SET}: 100 % ({data_mod.CEILING_WHY})"], study.notes
+        assert list(lines[f"best possible, {SET}"].get_ydata()) == [expected, expected]
+        assert figures[0].axes[0].get_ylim()[1] >= expected
