@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import yaml
@@ -71,8 +70,7 @@ def prepare_base_model(out: Path, echo) -> Path:
               "output_dir": str(base), **PRETRAIN}
     atomic_write(work / "pretrain.yaml", yaml.safe_dump(config, sort_keys=False))
     echo("base model: pre-training the tiny Gemma on the catalogue and glossary (stage pt) ...")
-    rc = executor.run_child([sys.executable, "-m", "telecom_lf.lf_entry", "train", str(work / "pretrain.yaml")],
-                          work / "pretrain.log", executor.Progress(base / "trainer_log.jsonl", "pre-train"))
-    if rc != 0:
+    progress = executor.Progress(base / "trainer_log.jsonl", "pre-train")
+    if not executor.WORKER.run([(work / "pretrain.yaml", work / "pretrain.log")], progress):
         raise TlfError(f"pre-training the demo's base model failed; log: {work / 'pretrain.log'}")
     return base

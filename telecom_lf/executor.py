@@ -8,6 +8,7 @@ Slurm job id, host and pid) in the run directory, and a failed step its cause an
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -146,8 +147,7 @@ def run_child(command: list[str], log_file: Path, progress: Progress | None = No
               echo: bool = False, env: dict[str, str] | None = None) -> int:
     """Run one LLaMA-Factory process; Ctrl-C or SIGTERM stops it cleanly and is re-raised."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    # RECORD_VRAM: LLaMA-Factory logs peak memory into trainer_log.jsonl only when asked.
-    env = {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1"), **(env or {})}
+    env = {**_child_env(), **(env or {})}
     with open(log_file, "ab") as log:
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
                                  stderr=subprocess.STDOUT, start_new_session=True,
@@ -161,7 +161,82 @@ def run_child(command: list[str], log_file: Path, progress: Progress | None = No
     return child.returncode
 
 
-def _wait_forwarding_signals(child: subprocess.Popen, progress: Progress | None) -> list[int]:
+def _child_env() -> dict[str, str]:
+    # RECORD_VRAM: LLaMA-Factory logs peak memory into trainer_log.jsonl only when asked.
+    return {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1")}
+
+
+class Worker:
+    """One long-lived ``tlf-lf serve`` process: LLaMA-Factory configs run in it one request after
+    another, so ``tlf run`` (and ``tlf demo``) import Python, torch and LLaMA-Factory once (~10 s
+    a process on a CPU) instead of once per run. Ctrl-C, SIGTERM or a failed request end it; the
+    next request starts a fresh one."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.replies = None
+
+    def run(self, pairs: list[tuple[Path, Path]], progress: Progress | None = None) -> bool:
+        """Each (config, log) in turn, the output appended to the log; whether all succeeded."""
+        if self.child is None or self.child.poll() is not None:
+            self._start(pairs[0][1])
+        request = json.dumps([[str(config), str(log)] for config, log in pairs]) + "\n"
+        try:
+            self.child.stdin.write(request.encode("utf-8"))
+            self.child.stdin.flush()
+        except OSError:
+            self.stop()
+            return False
+        received = _wait_forwarding_signals(self.child, progress, self._answered)
+        reply = self.replies.readline() if not received else ""
+        if received:
+            self.stop()
+            raise KeyboardInterrupt(f"stopped by signal {received[0]}; the run resumes where it was")
+        ok = reply.strip() == json.dumps({"ok": True})     # the worker's own line; anything else is a failure
+        if not ok:
+            self.stop()
+        return ok
+
+    def _answered(self, timeout: float) -> bool:
+        import select
+
+        ready, _, _ = select.select([self.replies], [], [], timeout)
+        return bool(ready) or self.child.poll() is not None
+
+    def _start(self, first_log: Path) -> None:
+        first_log.parent.mkdir(parents=True, exist_ok=True)
+        read_end, write_end = os.pipe()
+        with open(first_log, "ab") as log:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "telecom_lf.lf_entry", "serve", str(write_end)], stdin=subprocess.PIPE,
+                stdout=log, stderr=subprocess.STDOUT, env=_child_env(), pass_fds=(write_end,), start_new_session=True,
+                preexec_fn=_default_stop_signals)
+        os.close(write_end)
+        self.replies = os.fdopen(read_end, "r")
+
+    def stop(self) -> None:
+        """End the process: its input closed, it exits after what it is doing (killed after 10 s)."""
+        if self.child is None:
+            return
+        with contextlib.suppress(OSError):
+            self.child.stdin.close()
+        try:
+            self.child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGKILL)
+            self.child.wait()
+        self.replies.close()
+        self.child = self.replies = None
+
+
+WORKER = Worker()
+atexit.register(WORKER.stop)
+
+
+def _wait_forwarding_signals(child: subprocess.Popen, progress: Progress | None, finished=None) -> list[int]:
+    """Until the child exits (or ``finished(timeout)`` says its work is done), printing progress;
+    SIGINT/SIGTERM go on to its process group (a second one kills it)."""
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -176,15 +251,19 @@ def _wait_forwarding_signals(child: subprocess.Popen, progress: Progress | None)
     try:
         while True:
             try:
-                child.wait(timeout=2)
-                return received
+                if finished is None:
+                    child.wait(timeout=2)
+                    return received
+                if finished(2):
+                    return received
             except subprocess.TimeoutExpired:
-                if len(received) > 1:
-                    os.killpg(child.pid, signal.SIGKILL)
-                line = _progress_line(progress) if progress else None
-                if line and line != last:
-                    print(line, file=sys.stderr, flush=True)
-                    last = line
+                pass
+            if len(received) > 1:
+                os.killpg(child.pid, signal.SIGKILL)
+            line = _progress_line(progress) if progress else None
+            if line and line != last:
+                print(line, file=sys.stderr, flush=True)
+                last = line
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -368,7 +447,7 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
 
 
 def _fusable(run: Run, links: list[rundir.Link], launch: Launch) -> list[rundir.Link]:
-    """The links ``tlf run`` can give one LLaMA-Factory process (``tlf-lf chain``): the chain's
+    """The links ``tlf run`` can give one LLaMA-Factory process (the ``WORKER``): the chain's
     train and predicts, when more than one is to do, on at most one device (several would need
     torchrun). A chain with checkpoint selection, or any single step, runs link by link."""
     if not launch.quiet or launch.srun_nodes or run.select is not None:
@@ -382,9 +461,9 @@ def _fusable(run: Run, links: list[rundir.Link], launch: Launch) -> list[rundir.
 
 
 def run_fused(run: Run, links: list[rundir.Link], launch: Launch) -> list[tuple[rundir.Link, str]]:
-    """The train and predict links in one ``tlf-lf chain`` process (imports once: ~10 s of a CPU
-    process each time saved). Each link keeps its own log and record: running while the process
-    runs, then done, failed (the first link not done, with its log's cause) or interrupted."""
+    """The train and predict links in the LLaMA-Factory ``WORKER`` (no imports per step or run).
+    Each link keeps its own log and record: running while the worker runs them, then done, failed
+    (the first link not done, with its log's cause; those after it "not run") or interrupted."""
     todo = [link for link in links if not rundir.link_done(run, link.name)]
     messages = [(link, "done already, skipped") for link in links if link not in todo]
     logs = {link.name: run.step_log(link.name) for link in todo}
@@ -393,14 +472,12 @@ def run_fused(run: Run, links: list[rundir.Link], launch: Launch) -> list[tuple[
     for link in todo:
         rundir.record_step(run, link.name, "running", logs[link.name])
     if cause is None:
-        command = [sys.executable, "-m", "telecom_lf.lf_entry", "chain"]
         for link in todo:
             record_environment(run, link.name)
             logs[link.name].parent.mkdir(parents=True, exist_ok=True)
-            command += [str(run.config(link.name)), str(logs[link.name])]
         progress = Progress.resuming(run.train_dir / "trainer_log.jsonl", "train", resumed)
         try:
-            rc = run_child(command, logs[todo[0].name], progress, echo=False)
+            WORKER.run([(run.config(link.name), logs[link.name]) for link in todo], progress)
         except KeyboardInterrupt:
             for link in todo:
                 state = "done" if rundir.link_done(run, link.name) else "interrupted"
@@ -414,7 +491,7 @@ def run_fused(run: Run, links: list[rundir.Link], launch: Launch) -> list[tuple[
             messages.append((link, _trained(resumed) if link.name == "train" else "predicted"))
         elif failed is None:
             failed = link
-            cause = cause or failure_cause(log) or f"exit code {rc}, and no error line in the log"
+            cause = cause or failure_cause(log) or "LLaMA-Factory stopped, and no error line in the log"
             rundir.record_step(run, link.name, "failed", log, cause)
         else:
             rundir.record_step(run, link.name, "failed", log, f"not run: {failed.name} failed before it")

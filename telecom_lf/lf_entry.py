@@ -25,7 +25,9 @@ USAGE = """usage: tlf-lf COMMAND [ARGS]   (llamafactory-cli with tlf's blog-era 
                                               output_dir=OUTPUT) in one process (tlf step select uses it)
   tlf-lf chain CONFIG.yaml LOG [CONFIG.yaml LOG ...]
                                               train/predict each config in turn in one process, its output
-                                              appended to its LOG; stops at the first failure (tlf run)
+                                              appended to its LOG; stops at the first failure
+  tlf-lf serve FD                             the same for each JSON list [[CONFIG, LOG], ...] read from
+                                              stdin, answering {"ok": ...} on file descriptor FD (tlf run)
 
 Templates added: tlf_blog_default (LLaMA-Factory 0.6's `default`, the blog's prompts).
 """
@@ -42,6 +44,9 @@ def main() -> None:
         return
     if sys.argv[1] == "chain":
         chain(sys.argv[2:])
+        return
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2:])
         return
     if sys.argv[1] == "slurm-node":
         # One srun task per node (see templates/_step_body.j2): tell LLaMA-Factory's launcher
@@ -92,25 +97,59 @@ def select(argv: list[str]) -> None:
 
 def chain(argv: list[str]) -> None:
     """Several configs in this one process: Python, torch and LLaMA-Factory are imported once
-    (~10 s of a CPU process), not once per config. Each config gets its own header's set-up, and
-    its own log: this process's stdout and stderr are pointed at it while it runs."""
-    import os
-
+    (~10 s of a CPU process), not once per config."""
     if not argv or len(argv) % 2:
         print(USAGE, end="", file=sys.stderr)
         sys.exit(2)
+    if not _run_configs(list(zip(argv[0::2], argv[1::2]))):
+        sys.exit(1)
+
+
+def serve(argv: list[str]) -> None:
+    """``chain`` for one request after another, in one process that stays: ``tlf run`` sends each
+    run's configs, so the imports happen once per ``tlf run``, not once per run. A failed
+    request ends the process (the next one starts clean)."""
+    import json
+    import os
+
+    if len(argv) != 1 or not argv[0].isdigit():
+        print(USAGE, end="", file=sys.stderr)
+        sys.exit(2)
+    with os.fdopen(int(argv[0]), "w") as replies:
+        for line in sys.stdin:
+            ok = _run_configs([(str(c), str(log)) for c, log in json.loads(line)])
+            replies.write(json.dumps({"ok": ok}) + "\n")
+            replies.flush()
+            if not ok:
+                sys.exit(1)
+
+
+def _run_configs(pairs: list[tuple[str, str]]) -> bool:
+    """Each config in turn, its output (this process's stdout and stderr) appended to its own log
+    and its header's set-up (decoding, DoRA forward) made first; False at the first failure,
+    whose traceback ends that config's log."""
+    import os
+    import traceback
+
     from llamafactory.train.tuner import run_exp
 
-    for config, log in zip(argv[0::2], argv[1::2]):
+    for config, log in pairs:
         sys.stdout.flush()
         sys.stderr.flush()
         with open(log, "ab") as handle:
             os.dup2(handle.fileno(), 1)
             os.dup2(handle.fileno(), 2)
-        print(f"tlf-lf chain: {config}", flush=True)
-        _prepare(config)
-        run_exp(_read_yaml(config))
-        _release_memory()
+        print(f"tlf-lf chain: {config} (process {os.getpid()})", flush=True)
+        try:
+            _prepare(config)
+            run_exp(_read_yaml(config))
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            return False
+        finally:
+            _release_memory()
+    return True
 
 
 def _read_yaml(path: str) -> dict:
@@ -143,7 +182,7 @@ def _worker() -> None:
 if __name__ == "__main__":
     # torchrun runs this file directly: argv is the YAML (and overrides), no sub-command.
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "chat", "export", "env", "version", "api", "slurm-node",
-                                             "select", "chain"):
+                                             "select", "chain", "serve"):
         main()
     else:
         _worker()

@@ -5,6 +5,7 @@ the spec, the chain) fails here."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 
 import pytest
@@ -36,12 +37,18 @@ def test_demo_learns_what_the_blog_found_and_a_second_run_prints_the_same_table(
     for acc in (test_acc, train_acc):
         assert acc["blog best"] > acc["blog configuration"] + 10 > acc["LLaMA-Factory defaults"] + 10, acc
     assert "best possible acc on telecom_train_100 and telecom_test_100: 100 %" in first.stdout
-    # Each run's train and predicts ran in one LLaMA-Factory process, each into its own log.
+    # The pre-training and every run's train and predicts ran in one LLaMA-Factory process (the
+    # worker), each step into its own log.
+    processes = set()
+    logs = [out / "models" / "pretrain" / "pretrain.log"]
     for run in ("r8-a16-qkv-d0.1", "r16-a32-qkvo-d0", "upstream-defaults"):
-        logs = out / "runs" / "demo" / run / "logs"
-        for step in ("train", "predict-telecom_train_100", "predict-telecom_test_100"):
-            text = (logs / f"{step}.log").read_text(encoding="utf-8", errors="replace")
-            assert text.count("tlf-lf chain: ") == 1 and f"{step}.yaml" in text, (run, step)
+        logs += [out / "runs" / "demo" / run / "logs" / f"{step}.log"
+                 for step in ("train", "predict-telecom_train_100", "predict-telecom_test_100")]
+    for log in logs:
+        lines = re.findall(r"^tlf-lf chain: (.+) \(process (\d+)\)$", log.read_text(errors="replace"), re.M)
+        assert len(lines) == 1 and lines[0][0].endswith(log.stem + ".yaml"), (log, lines)
+        processes.add(lines[0][1])
+    assert len(processes) == 1, processes
 
     second = subprocess.run([tlf_bin(), "demo", "--out", out], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -173,7 +173,7 @@ def test_no_eta_before_a_whole_second_has_passed(tmp_path):
 
 def test_one_process_per_run_keeps_each_steps_log_and_record_and_stops_at_a_failure(tiny_gemma, telecom_dir,
                                                                                      tmp_path):
-    """`tlf run` gives a run's train and predicts one LLaMA-Factory process (`tlf-lf chain`).
+    """`tlf run` gives a run's train and predicts to one LLaMA-Factory process (`tlf-lf serve`).
     A predict that fails there is recorded failed with its own log's cause; the steps after it
     did not run and say so; the train is done and is not redone once the data is mended."""
     data_dir = tmp_path / "data"
@@ -194,7 +194,7 @@ def test_one_process_per_run_keeps_each_steps_log_and_record_and_stops_at_a_fail
     assert states["predict-telecom_train_100"]["cause"] == "not run: predict-telecom_test_100 failed before it"
     for step in ("train", "predict-telecom_test_100"):
         log = (run_dir / "logs" / f"{step}.log").read_text(encoding="utf-8", errors="replace")
-        assert f"tlf-lf chain: {run_dir / (step + '.yaml')}" in log
+        assert f"tlf-lf chain: {run_dir / (step + '.yaml')} (process " in log
     assert "Running training" not in (run_dir / "logs" / "predict-telecom_test_100.log").read_text(errors="replace")
     adapter = run_dir / "train" / "adapter_model.safetensors"
     trained = adapter.stat().st_mtime_ns

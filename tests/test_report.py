@@ -133,13 +133,24 @@ def test_zipped_arguments_are_one_axis_and_one_plot(tmp_path, telecom_dir, monke
     assert ticks == ["q / 8 / 0.1", "qkvo / 16 / 0"]
 
 
-def test_a_grid_plots_each_argument_with_the_others_held(tmp_path, telecom_dir, monkeypatch):
+@pytest.fixture(scope="module")
+def plain_data(telecom_dir, tmp_path_factory) -> Path:
+    """The synthetic data without its recorded best possible score, as a real competition file's split."""
+    data = tmp_path_factory.mktemp("plain") / "data"
+    shutil.copytree(telecom_dir, data)
+    manifest = json.loads((data / "split_manifest.json").read_text(encoding="utf-8"))
+    del manifest["ceiling"]
+    (data / "split_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    return data
+
+
+def test_a_grid_plots_each_argument_with_the_others_held(tmp_path, plain_data, monkeypatch):
     root = tmp_path / "e"
     points = [{"lora_rank": r, "use_dora": d} for r in (2, 4) for d in (False, True)]
     make_experiment(root, [{"name": f"r{p['lora_rank']}-{p['use_dora']}", "point": p} for p in points],
                     [{"kind": "grid", "arguments": ["lora_rank"]}, {"kind": "grid", "arguments": ["use_dora"]}])
     for i, p in enumerate(points):
-        make_run(root, telecom_dir, f"r{p['lora_rank']}-{p['use_dora']}", right=i, log=_log([5]))
+        make_run(root, plain_data, f"r{p['lora_rank']}-{p['use_dora']}", right=i, log=_log([5]))
     study = report.gather(root)
     figures = _capture(monkeypatch)
     report.axis_plot(study, study.axes[0])
@@ -147,12 +158,12 @@ def test_a_grid_plots_each_argument_with_the_others_held(tmp_path, telecom_dir, 
     assert labels == [f"{SET} (use_dora=false)", f"{SET} (use_dora=true)"]
 
 
-def test_an_all_zero_metric_has_a_readable_axis(tmp_path, telecom_dir, monkeypatch):
+def test_an_all_zero_metric_has_a_readable_axis(tmp_path, plain_data, monkeypatch):
     root = tmp_path / "e"
     make_experiment(root, [{"name": "a", "point": {"lora_rank": 2}}, {"name": "b", "point": {"lora_rank": 4}}],
                     [{"kind": "grid", "arguments": ["lora_rank"]}])
-    make_run(root, telecom_dir, "a", right=0)
-    make_run(root, telecom_dir, "b", right=0)
+    make_run(root, plain_data, "a", right=0)
+    make_run(root, plain_data, "b", right=0)
     figures = _capture(monkeypatch)
     study = report.gather(root)
     report.axis_plot(study, study.axes[0])
@@ -325,17 +336,12 @@ def test_the_page_in_chromium_sorts_filters_and_shows_no_error(vary_study, brows
     assert page.errors == []
 
 
-def test_the_best_possible_score_the_data_records_is_noted_and_drawn(tmp_path, telecom_dir, monkeypatch):
+def test_the_best_possible_score_the_data_records_is_noted_and_drawn(tmp_path, telecom_dir, plain_data, monkeypatch):
     """Synthetic data records per subset the share of answers that follow from their question
     (the ceiling of exact match); the report says it and draws it on the acc plot. Data without
     that record (a real competition file) gets neither."""
-    for data, expected in ((telecom_dir, 100.0), (tmp_path / "plain", None)):
-        if expected is None:
-            shutil.copytree(telecom_dir, data)
-            manifest = json.loads((data / "split_manifest.json").read_text(encoding="utf-8"))
-            del manifest["ceiling"]
-            (data / "split_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
-        root = tmp_path / f"e-{data.name}"
+    for data, expected in ((telecom_dir, 100.0), (plain_data, None)):
+        root = tmp_path / f"e-{data.parent.name}"
         make_experiment(root, [{"name": "a", "point": {"lora_rank": 2}}, {"name": "b", "point": {"lora_rank": 4}}],
                         [{"kind": "grid", "arguments": ["lora_rank"]}])
         make_run(root, data, "a", right=1)
