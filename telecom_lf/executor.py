@@ -30,6 +30,7 @@ from .fsutil import atomic_write
 from .rundir import Run
 
 SMI_TOOLS = ("nvidia-smi", "rocm-smi", "hy-smi")
+DEVICE_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 # The line of a LLaMA-Factory log that says why it stopped: an exception's own line.
 WRAPPER_ERRORS = ("CalledProcessError", "ChildFailedError")
 ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit)\b.*")
@@ -60,8 +61,7 @@ def record_environment(run: Run, step: str) -> Path:
         "python": sys.version.split()[0],
         "versions": lfargs.installed_versions(),
         "slurm": {k: v for k, v in sorted(env.items()) if k.startswith("SLURM_")},
-        "visible_devices": {k: env.get(k) for k in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-                                                    "ROCR_VISIBLE_DEVICES") if k in env},
+        "visible_devices": {k: env.get(k) for k in DEVICE_VARIABLES if k in env},
         "smi": {tool: _smi(tool) for tool in SMI_TOOLS if shutil.which(tool)},
     }
     job = env.get("SLURM_JOB_ID", "local")
@@ -188,11 +188,11 @@ class Worker:
             self.stop()
             return False
         received = _wait_forwarding_signals(self.child, progress, self._answered)
-        reply = self.replies.readline() if not received else ""
         if received:
             self.stop()
             raise KeyboardInterrupt(f"stopped by signal {received[0]}; the run resumes where it was")
-        ok = reply.strip() == json.dumps({"ok": True})     # the worker's own line; anything else is a failure
+        # The worker's own line; anything else (its end of input, when it died) is a failure.
+        ok = self.replies.readline().strip() == json.dumps({"ok": True})
         if not ok:
             self.stop()
         return ok
@@ -438,7 +438,7 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
             for link in fused:
                 held.enter_context(lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait,
                                              step=link.name))
-            for link, message in run_fused(run, fused, launch):
+            for link, message in run_fused(run, fused):
                 echo(f"{run.name}: {' '.join(link.args)}: {message}")
         links = links[len(fused):]
     for link in links:
@@ -460,7 +460,7 @@ def _fusable(run: Run, links: list[rundir.Link], launch: Launch) -> list[rundir.
     return lf_links
 
 
-def run_fused(run: Run, links: list[rundir.Link], launch: Launch) -> list[tuple[rundir.Link, str]]:
+def run_fused(run: Run, links: list[rundir.Link]) -> list[tuple[rundir.Link, str]]:
     """The train and predict links in the LLaMA-Factory ``WORKER`` (no imports per step or run).
     Each link keeps its own log and record: running while the worker runs them, then done, failed
     (the first link not done, with its log's cause; those after it "not run") or interrupted."""
@@ -502,7 +502,7 @@ def run_fused(run: Run, links: list[rundir.Link], launch: Launch) -> list[tuple[
 
 def _one_device_at_most() -> bool:
     """At most one visible accelerator (a CPU machine counts): what one process trains on alone."""
-    for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+    for name in DEVICE_VARIABLES:
         if name in os.environ:
             return len([d for d in os.environ[name].split(",") if d.strip()]) <= 1
     import torch
@@ -570,7 +570,7 @@ def _predict_checkpoints(run: Run, todo: list[tuple[int, Path]], launch: Launch)
 def _one_card() -> dict[str, str]:
     """The dev predictions run in one process: on one card (several would mean DataParallel)."""
     env = {}
-    for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"):
+    for name in DEVICE_VARIABLES:
         if "," in os.environ.get(name, ""):
             env[name] = os.environ[name].split(",")[0]
     return env

@@ -292,11 +292,16 @@ def _questions(root: Path, runs: list[dict], dataset: str) -> list[dict]:
     return []
 
 
-def _ceiling(root: Path, runs: list[dict], sets: list[str]) -> dict:
-    """Best possible exact match per predict set, where the split manifest records one (synthetic data)."""
+def _split_manifests(root: Path, runs: list[dict]):
+    """Each run's split manifest (the data's record of its subsets), as far as it is readable."""
     for run in runs:
         manifest = _read_object(root / run["name"] / rundir.MANIFEST)
-        split = _read_object(Path(manifest["split_manifest"])) if isinstance(manifest.get("split_manifest"), str) else {}
+        yield _read_object(Path(manifest["split_manifest"])) if isinstance(manifest.get("split_manifest"), str) else {}
+
+
+def _ceiling(root: Path, runs: list[dict], sets: list[str]) -> dict:
+    """Best possible exact match per predict set, where the split manifest records one (synthetic data)."""
+    for split in _split_manifests(root, runs):
         ceiling = split.get("ceiling")
         if isinstance(ceiling, dict):
             return {d: ceiling[d] for d in sets if isinstance(ceiling.get(d), dict) and _number(ceiling[d].get("acc"))}
@@ -307,15 +312,13 @@ def _ceiling_notes(ceiling: dict) -> list[str]:
     by_value: dict = {}
     for dataset, entry in ceiling.items():
         by_value.setdefault((entry["acc"], str(entry.get("why", ""))), []).append(dataset)
-    return [f"best possible acc on {' and '.join(sets)}: {value:g} % ({why})" if why else
-            f"best possible acc on {' and '.join(sets)}: {value:g} %" for (value, why), sets in by_value.items()]
+    return [f"best possible acc on {' and '.join(sets)}: {value:g} %" + (f" ({why})" if why else "")
+            for (value, why), sets in by_value.items()]
 
 
 def _instruction(root: Path, runs: list[dict]) -> str | None:
     """The data's instruction wrapper (``...{question}...``), as the split manifest recorded it."""
-    for run in runs:
-        manifest = _read_object(root / run["name"] / rundir.MANIFEST)
-        split = _read_object(Path(manifest["split_manifest"])) if isinstance(manifest.get("split_manifest"), str) else {}
+    for split in _split_manifests(root, runs):
         if isinstance(split.get("instruction"), str):
             return split["instruction"]
     return None
