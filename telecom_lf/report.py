@@ -304,14 +304,20 @@ def _ceiling(root: Path, runs: list[dict], sets: list[str]) -> dict:
     for split in _split_manifests(root, runs):
         ceiling = split.get("ceiling")
         if isinstance(ceiling, dict):
-            return {d: ceiling[d] for d in sets if isinstance(ceiling.get(d), dict) and _number(ceiling[d].get("acc"))}
+            return {d: {"acc": ceiling[d]["acc"], "why": _one_line(ceiling[d].get("why"))} for d in sets
+                    if isinstance(ceiling.get(d), dict) and _number(ceiling[d].get("acc"))
+                    and 0 <= ceiling[d]["acc"] <= 100}     # a hand-edited manifest: NaN, 1e308, -5 are no score
     return {}
+
+
+def _one_line(text) -> str:
+    return _clip(" ".join(text.split()), 300) if isinstance(text, str) else ""
 
 
 def _ceiling_notes(ceiling: dict) -> list[str]:
     by_value: dict = {}
     for dataset, entry in ceiling.items():
-        by_value.setdefault((entry["acc"], str(entry.get("why", ""))), []).append(dataset)
+        by_value.setdefault((entry["acc"], entry["why"]), []).append(dataset)
     return [f"best possible acc on {' and '.join(sets)}: {value:g} %" + (f" ({why})" if why else "")
             for (value, why), sets in by_value.items()]
 

@@ -357,3 +357,32 @@ def test_the_best_possible_score_the_data_records_is_noted_and_drawn(tmp_path, t
         assert noted == [f"best possible acc on {SET}: 100 % ({data_mod.CEILING_WHY})"], study.notes
         assert list(lines[f"best possible, {SET}"].get_ydata()) == [expected, expected]
         assert figures[0].axes[0].get_ylim()[1] >= expected
+
+
+@pytest.mark.parametrize("entry", [{"acc": "100"}, {"acc": float("nan")}, {"acc": 1e308}, {"acc": -5}, {"acc": True},
+                                   [100], "100", {"why": "no acc"}])
+def test_a_hand_edited_best_possible_score_that_is_no_percentage_is_ignored(tmp_path, plain_data, entry):
+    data = tmp_path / "data"
+    shutil.copytree(plain_data, data)
+    manifest = json.loads((data / "split_manifest.json").read_text(encoding="utf-8"))
+    manifest["ceiling"] = {SET: entry}
+    (data / "split_manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    root = tmp_path / "e"
+    make_experiment(root, [{"name": "a"}], [])
+    make_run(root, data, "a", right=1)
+    assert report.gather(root).ceiling == {}
+    assert not any(n.startswith("best possible") for n in report.write_report(root).terminal.splitlines())
+
+
+def test_a_best_possible_reason_is_one_short_line(tmp_path, plain_data):
+    data = tmp_path / "data"
+    shutil.copytree(plain_data, data)
+    manifest = json.loads((data / "split_manifest.json").read_text(encoding="utf-8"))
+    manifest["ceiling"] = {SET: {"acc": 40, "why": "line one\n$(rm -rf ~) ../../x\r" + "y" * 1_000_000}}
+    (data / "split_manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    root = tmp_path / "e"
+    make_experiment(root, [{"name": "a"}], [])
+    make_run(root, data, "a", right=1)
+    [note] = [n for n in report.gather(root).notes if n.startswith("best possible")]
+    assert note.startswith(f"best possible acc on {SET}: 40 % (line one $(rm -rf ~) ../../x y")
+    assert "\n" not in note and "\r" not in note and len(note) < 400
