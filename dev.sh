@@ -50,7 +50,7 @@ PYEOF
   # 4. tlf itself, editable, with the test runner; and the blog-era LLaMA-Factory wheel
   #    (llmtuner 0.6.3, never installed: a test reads its template code to compare token ids).
   pip --no-deps -e .
-  pip "pytest>=8,<10"
+  pip "pytest>=8,<10" "ruff==0.17.6"
   "$PY" -m pip download --disable-pip-version-check --no-deps "llmtuner==0.6.3" -d "$VENV/blog-era" >>"$log" 2>&1
   "$PY" -c 'import llamafactory.data.mm_plugin, telecom_lf.cli' >/dev/null
   echo "$stamp" > "$VENV/.tlf-stamp"
@@ -84,8 +84,12 @@ run_tests() {
     export TLF_REQUIRE_SLURM=1
   fi
   set +e
+  local rc=0
+  # The linter first (pyproject.toml's [tool.ruff]): a finding fails the run, as a test would.
+  "$VENV/bin/ruff" check --no-cache . || rc=$?
   "$PY" -m pytest "$@"
-  local rc=$?
+  local tests_rc=$?
+  [[ $rc == 0 ]] && rc=$tests_rc
   set -e
   if [[ $slurm_started == 1 ]]; then slurm/stop-slurm.sh >&2 || true; fi
   return $rc

@@ -18,9 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
-
 from train_bench import SHAPES, RunFailed, build_model, device_name, precision_args, prepare_data, render_and_time
-
 
 # Rows of the training set (5000), so that batched predict can run on more rows than the blog's
 # 100-row test set: with 100 rows, a batch of 32 leaves three timed batches.
@@ -38,7 +36,7 @@ def predict(root: Path, model: Path, data_dir: Path, batch: int, rows: int, prec
         raise SystemExit(str(failure)) from None
     out = Path(config["output_dir"])
     metrics = json.loads((out / "predict_results.json").read_text())
-    predictions = [json.loads(l)["predict"] for l in (out / "generated_predictions.jsonl").read_text().splitlines()]
+    predictions = [json.loads(x)["predict"] for x in (out / "generated_predictions.jsonl").read_text().splitlines()]
     stamps = clock["predict_batches"]
     # Generation alone, first batch (CUDA warm-up) left out: rows after it over the time they took.
     steady = (len(predictions) - batch) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None

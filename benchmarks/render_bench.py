@@ -57,7 +57,10 @@ def main() -> None:
         runs = sum(1 for _ in (root / "warm0").glob("*/*/manifest.json"))
     result = {"specs": 5, "runs": runs, "cold_s": round(statistics.median(cold), 2),
               "warm_s": round(statistics.median(warm), 2)}
-    print(f"{'render of the blog study':28s} {'specs':>5s} {'runs':>5s} {'seconds (median of ' + str(args.repeat) + ')':>24s}")
+    print(
+        f"{'render of the blog study':28s} {'specs':>5s} {'runs':>5s} "
+        f"{'seconds (median of ' + str(args.repeat) + ')':>24s}"
+    )
     print(f"{'cold (no cache)':28s} {5:5d} {runs:5d} {result['cold_s']:24.2f}")
     print(f"{'warm (cached LF arguments)':28s} {5:5d} {runs:5d} {result['warm_s']:24.2f}")
     print(f"warm is {result['cold_s'] / result['warm_s']:.1f}x faster; {result['warm_s'] / 5:.2f} s per spec")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 
-
 def rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     from telecom_lf import synth
 
@@ -47,7 +46,7 @@ def upstream(pairs) -> dict:
 def ours(pairs) -> dict:
     from telecom_lf import score
 
-    return score.score_rows([score.Row(i, p, l) for i, (p, l) in enumerate(pairs)])
+    return score.score_rows([score.Row(i, p, x) for i, (p, x) in enumerate(pairs)])
 
 
 def main() -> None:
@@ -67,7 +66,10 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         results[name] = {"seconds": round(elapsed, 3), "rows_per_s": round(len(pairs) / elapsed),
                          **{k: round(float(metrics[k]), 4) for k in ("bleu-4", "rouge-1", "rouge-2", "rouge-l")}}
-    print(f"{'implementation':32s} {'seconds':>8s} {'rows/s':>8s} {'bleu-4':>9s} {'rouge-1':>9s} {'rouge-2':>9s} {'rouge-l':>9s}")
+    print(
+        f"{'implementation':32s} {'seconds':>8s} {'rows/s':>8s} "
+        f"{'bleu-4':>9s} {'rouge-1':>9s} {'rouge-2':>9s} {'rouge-l':>9s}"
+    )
     for name, r in results.items():
         print(f"{name:32s} {r['seconds']:8.3f} {r['rows_per_s']:8d} {r['bleu-4']:9.4f} {r['rouge-1']:9.4f} "
               f"{r['rouge-2']:9.4f} {r['rouge-l']:9.4f}")

@@ -86,7 +86,9 @@ predict: {{max_new_tokens: 16, per_device_eval_batch_size: 32}}
           f"(CPU, this machine)\n")
     print(f"{'phase':58s} {'seconds':>8s}")
     print(f"{'tlf step train':58s} {train_s:8.1f}")
-    print(f"{f'tlf step select: {checkpoints} checkpoints x {args.dev_rows} dev rows, one process':58s} {select_s:8.1f}")
+    print(
+        f"{f'tlf step select: {checkpoints} checkpoints x {args.dev_rows} dev rows, one process':58s} {select_s:8.1f}"
+    )
     print(f"{'  per checkpoint':58s} {select_s / checkpoints:8.2f}")
     print(f"\nselection / training: {select_s / train_s:.2f}   ({said.strip().splitlines()[-1]})")
     projection = result["h100_projection"]

@@ -67,8 +67,10 @@ class StepClock(TrainerCallback):
         launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC",
                                                               "cuLaunchKernel", "cuLaunchKernelEx"))
         # Device busy time well under the wall time means the card waits for the host (dispatch).
-        tables = [f"{self.profile_steps} optimiser steps after step {self.profile_from}: wall {wall:.3f} s (profiler on), "
-                  f"device kernels {device:.3f} s, kernel launches {launches}, {len(self.profiler.events())} events"]
+        tables = [
+            f"{self.profile_steps} optimiser steps after step {self.profile_from}: wall {wall:.3f} s (profiler on), "
+            f"device kernels {device:.3f} s, kernel launches {launches}, {len(self.profiler.events())} events"
+        ]
         for key in ("self_cpu_time_total", "self_device_time_total" if torch.cuda.is_available() else None):
             if key:
                 tables.append(f"--- by {key}\n" + events.table(sort_by=key, row_limit=40, max_name_column_width=60))
@@ -96,7 +98,10 @@ def main() -> None:
     profile = os.environ.get("TIMED_LF_PROFILE")
     clock = StepClock(Path(profile) if profile else None)
     run_exp(args, callbacks=[clock])
-    Path(clock_path).write_text(json.dumps({"steps": clock.steps, "predict_batches": clock.predict_batches, "peak_mem_gb": _peak_memory_gb()}) + "\n")
+    Path(clock_path).write_text(
+        json.dumps({"steps": clock.steps, "predict_batches": clock.predict_batches, "peak_mem_gb": _peak_memory_gb()})
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

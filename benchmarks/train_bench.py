@@ -93,9 +93,12 @@ def render_and_time(spec: dict, root: Path, config_name: str, *overrides: str,
     subprocess.run([*TLF, "render", str(path), "--out", str(root / "runs")], check=True, capture_output=True)
     config_path = next((root / "runs" / name).glob(f"*/{config_name}"))
     clock_path = root / f"{name}.clock.json"
-    done = subprocess.run([sys.executable, str(HERE / "timed_lf.py"), str(config_path), str(clock_path), *overrides],
-                          capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **({"TIMED_LF_PROFILE": str(profile)} if profile else {})})
+    done = subprocess.run(
+        [sys.executable, str(HERE / "timed_lf.py"), str(config_path), str(clock_path), *overrides],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **({"TIMED_LF_PROFILE": str(profile)} if profile else {})},
+    )
     if done.returncode != 0:
         raise RunFailed((done.stdout[-1500:] + done.stderr[-2500:]).strip())
     return yaml.safe_load(config_path.read_text()), json.loads(clock_path.read_text())
@@ -234,7 +237,9 @@ def main() -> None:
             if args.peak_tflops and results[name].get("tokens_per_s"):
                 flops = results[name]["tokens_per_s"] * 4 * n_params
                 results[name]["mfu_percent"] = round(100 * flops / (args.peak_tflops * 1e12), 1)
-            print(f"[{name}] {results[name] if 'error' not in results[name] else 'FAILED'}", file=sys.stderr, flush=True)
+            print(
+                f"[{name}] {results[name] if 'error' not in results[name] else 'FAILED'}", file=sys.stderr, flush=True
+            )
     print_table(args.shape, n_params, args.steps, warmup, results)
     args.json.write_text(json.dumps({"shape": args.shape, "parameters": n_params, "device": device_name(),
                                      "steps": args.steps, "warmup": warmup, "precision": args.precision,

@@ -78,7 +78,10 @@ def _turns(model: RunModel, engine, raw: bool, history: bool, read=input, write=
             continue
         if not text:
             continue
-        turn = [*messages, {"role": "user", "content": use.wrap(model, text, raw)}]   # messages stay [] without --history
+        turn = [
+            *messages,
+            {"role": "user", "content": use.wrap(model, text, raw)},
+        ]  # messages stay [] without --history
         answer = engine.chat(turn)[0].response_text
         write(f"Model: {answer}")
         if history:

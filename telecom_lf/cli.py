@@ -2,211 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .cli_base import Group
+from .cli_data import data, model
 from .errors import Failed, TlfError
 
 
-def _first_line(command: click.Command) -> str:
-    text = (command.short_help or command.help or "").strip()
-    return text.splitlines()[0] if text else ""
+def _export_target(to: Path | None, deprecated_out: Path | None) -> Path:
+    """--to, or the deprecated --out (one release, with a warning): where the export goes."""
+    if to is not None and deprecated_out is not None:
+        raise TlfError("give --to DIR only (--out is its deprecated old name)")
+    if deprecated_out is not None:
+        click.echo("tlf: warning: `tlf export --out` is deprecated; use --to DIR (--out means the runs root in "
+                   "every other command, and will here too in the next release)", err=True)
+        return deprecated_out
+    if to is None:
+        raise click.UsageError("Missing option '--to' (the directory to write the merged model to).")
+    return to
 
 
-class _Command(click.Command):
-    """`tlf --help` lists each command with its whole first line, not click's 45 characters."""
-
-    def get_short_help_str(self, limit: int = 45) -> str:
-        return _first_line(self)
-
-
-class _Group(click.Group):
-    """Bad input (TlfError) anywhere below: one message, exit 2; a failed step or job: exit 1."""
-
-    command_class = _Command
-
-    def get_short_help_str(self, limit: int = 45) -> str:
-        return _first_line(self)
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except Failed as error:
-            click.echo(f"tlf: {error}", err=True)
-            sys.exit(1)
-        except TlfError as error:
-            click.echo(f"tlf: error: {error}", err=True)
-            sys.exit(2)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except OSError as error:   # the machine, not the input: a full disk, a permission, a vanished file
-            where = f"{error.filename}: " if error.filename else ""
-            click.echo(f"tlf: {where}{error.strerror or error}", err=True)
-            sys.exit(1)
-        except Exception as error:
-            click.echo(f"tlf: internal error (a bug in tlf, not in your input): {type(error).__name__}: "
-                       f"{str(error)[:300]}; {_save_traceback()}", err=True)
-            sys.exit(1)
-
-
-def _save_traceback() -> str:
-    """The traceback of the exception being handled, in a file under ~/.cache/tlf/crashes/."""
-    import os
-    import time
-    import traceback
-
-    text = f"tlf {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}"
-    try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlf" / "crashes"
-        base.mkdir(parents=True, exist_ok=True)
-        path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(text, encoding="utf-8")
-        return f"the traceback is in {path}; please report it with the command you ran"
-    except OSError:
-        return "the traceback follows; please report it\n" + text
-
-
-_Group.group_class = _Group
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120,
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120,
                                   "max_content_width": 120})
 @click.version_option(__version__, prog_name="tlf")
 def main() -> None:
     """tlf: the blog's telecom-QA LoRA study on LLaMA-Factory and Slurm, as one tool."""
-
-
-@main.group()
-def data() -> None:
-    """Data stage: synthetic or real competition rows -> Alpaca JSON, subsets, checks."""
-
-
-@data.command("synth")
-@click.option("--rows", "n_rows", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True,
-              help="Rows to write (at most a million: the competition has 5000).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="CSV/XLSX/JSON/JSONL file, by suffix, with the competition's columns.")
-@click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def data_synth(n_rows: int, seed: int, out: Path, force: bool) -> None:
-    """Write competition-like raw rows (用户问题, 答案); same seed, same bytes."""
-    from . import data as data_stage
-
-    data_stage.write_synthetic(out, n_rows=n_rows, seed=seed, force=force)
-    click.echo(f"wrote {n_rows} rows to {out}")
-
-
-@data.command("import")
-@click.argument("raw", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--name", default="telecom_all", show_default=True, help="Output file stem.")
-@click.option("--question-column", default="用户问题", show_default=True)
-@click.option("--answer-column", default="答案", show_default=True)
-@click.option("--category-column", default=None,
-              help="Balance by this column; default: the label before '_' of the answer's first item.")
-@click.option("--encoding", default=None, help="Source encoding; default: UTF-8, else GB18030.")
-@click.option("--sheet", default=None, help="XLSX sheet name (default: the first).")
-@click.option("--instruction", default=None,
-              help="Instruction template with {question}; default: the blog's, byte for byte.")
-@click.option("--drop-duplicates", is_flag=True, help="Keep the first of identical rows instead of failing.")
-@click.option("--force", is_flag=True, help="Overwrite existing output files that differ.")
-def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answer_column: str,
-                category_column: str | None, encoding: str | None, sheet: str | None,
-                instruction: str | None, drop_duplicates: bool, force: bool) -> None:
-    """Read the competition file (CSV/XLSX/JSON/JSONL) and write Alpaca JSON."""
-    from . import data as data_stage
-
-    rows = data_stage.read_raw(raw, question_column, answer_column, category_column,
-                               encoding, sheet, drop_duplicates)
-    result = data_stage.import_rows(rows, raw, out_dir, name,
-                                    instruction or data_stage.BLOG_INSTRUCTION, force)
-    click.echo(f"wrote {result.rows} rows to {result.data_file} (categories in {result.meta_file.name})")
-
-
-@data.command("split")
-@click.argument("imported", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the subsets (default: beside IMPORTED).")
-@click.option("--mode", type=click.Choice(["holdout", "blog"]), default="holdout", show_default=True,
-              help="blog: also write <prefix>_train_<N> with every row, as the blog did (test rows leak).")
-@click.option("--test-size", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--train-sizes", default="100,400", show_default=True, help="Nested train subset sizes.")
-@click.option("--dev-size", type=click.IntRange(min=0), default=None,
-              help="Rows of <prefix>_dev_<N>, held out from every train subset, for checkpoint selection "
-                   "(default: 200 where the data has them; 0: none).")
-@click.option("--prefix", default="telecom", show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--register-into", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="dataset_info.json to merge the entries into (default: OUT/dataset_info.json).")
-@click.option("--strict-holdout", is_flag=True,
-              help="Keep rows whose normalised question equals a test row's out of the train subsets.")
-@click.option("--force", is_flag=True, help="Overwrite differing files and entries.")
-def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, train_sizes: str, dev_size: int | None,
-               prefix: str, seed: int, register_into: Path | None, strict_holdout: bool, force: bool) -> None:
-    """Cut seeded, class-balanced subsets (largest remainder) and register them."""
-    from . import data as data_stage
-
-    try:
-        sizes = tuple(int(s) for s in train_sizes.split(",") if s.strip())
-    except ValueError as error:
-        raise TlfError(f"--train-sizes {train_sizes!r}: expected comma-separated integers") from error
-    records, categories, meta = data_stage.load_imported(imported)
-    requests = data_stage.default_requests(test_size, sizes, prefix, mode, dev_size)
-    questions = [r["instruction"] for r in records] if strict_holdout else None
-    plan = data_stage.plan_splits(categories, requests, seed, mode, questions)
-    files, manifest = data_stage.render_splits(records, categories, plan, meta, imported)
-    out_dir = out_dir or imported.parent
-    inputs = (imported, imported.with_name(imported.stem + ".meta.json"))
-    data_stage.write_splits(out_dir, files, manifest, force, register_into, inputs)
-    for warning in plan.warnings:
-        click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
-    for name, split in manifest["splits"].items():
-        click.echo(f"{name:28s} {split['rows']:6d} rows  ({split['role']})")
-    if strict_holdout:
-        click.echo(f"strict hold-out: {plan.excluded} rows kept out of the train subsets "
-                   "(their normalised question is a test or dev question)")
-    click.echo(f"manifest: {out_dir / data_stage.MANIFEST}")
-
-
-@data.command("check")
-@click.argument("split_dir", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--strict", is_flag=True, help="Exit 1 when any problem (leakage included) is found.")
-def data_check(split_dir: Path, strict: bool) -> None:
-    """Report train/test leakage, duplicates, empty answers and class counts per split of DIR
-    (what `tlf data split --out DIR` wrote; its split_manifest.json also works)."""
-    import pandas as pd
-
-    from . import data as data_stage
-
-    report = data_stage.check(split_dir)
-    with pd.option_context("display.unicode.east_asian_width", True):  # Chinese category names align
-        click.echo(report.table.to_string())
-    for problem in report.problems:
-        click.echo(f"PROBLEM: {problem}")
-    if not report.problems:
-        click.echo("no leakage, duplicates or empty answers found")
-    if strict and report.problems:
-        sys.exit(1)
-
-
-@data.command("register")
-@click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--into", "info", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The dataset_info.json to merge into, e.g. LLaMA-Factory/data/dataset_info.json.")
-@click.option("--force", is_flag=True, help="Replace entries of the same name that differ.")
-def data_register(manifest: Path, info: Path, force: bool) -> None:
-    """Merge a split's entries into another dataset_info.json, keeping all its entries."""
-    from . import data as data_stage
-
-    manifest, content = data_stage.read_manifest(manifest)
-    splits = content["splits"]
-    entries = data_stage.split_entries(splits, manifest.parent, info)
-    inputs = (manifest, *(manifest.parent / split["file"] for split in splits.values()))
-    changed = data_stage.register(info, entries, force, inputs)
-    click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
 
 
 SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
@@ -289,13 +114,16 @@ def _print_next_steps(spec, spec_path: Path, out: Path, where, runs) -> None:
     from . import rundir
 
     command = f"{quote(str(spec_path))} --out {quote(str(out))}"
-    if spec.profile is None:
+    if spec.cluster.profile is None:
         click.echo(f"\nnext: tlf run {command}")
         return
     click.echo(f"\nnext, one of:\n  tlf submit {command}      # chains (a sweep: one job array), then the report")
     click.echo(f"  bash {quote(str(where.root / rundir.SUBMIT_SCRIPT))}      # the same chains with plain sbatch")
     for run in runs:
-        click.echo(f"  sbatch {quote(str(where.run_dir(run.name) / rundir.JOB_SCRIPT))}      # {run.name}: all steps in one job")
+        click.echo(
+            f"  sbatch {quote(str(where.run_dir(run.name) / rundir.JOB_SCRIPT))}"
+            f"      # {run.name}: all steps in one job"
+        )
 
 
 @main.command()
@@ -324,7 +152,7 @@ def diff(spec_path: Path, out: Path, run_name: str | None, show_all: bool, overr
               help="With --srun-nodes: training processes (cards) per node.")
 @click.option("--wait", is_flag=True, help="If another worker holds the run, wait for it instead of refusing.")
 def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per_node: int, wait: bool) -> None:
-    """Run steps of one rendered run: all | train | predict SET | score (the sbatch entry point).
+    """Run steps of one rendered run: all | train | select | predict SET | score (the sbatch entry point).
 
     A step whose outputs are complete is skipped, so a requeued job goes on where it stopped.
     """
@@ -335,16 +163,20 @@ def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per
 
 
 @main.command()
-@spec_options(click.option("--only", "only", multiple=True, help="Run only this run (repeatable)."),
-              click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first."),
-              click.option("--wait", is_flag=True, help="Wait for another worker on a run instead of refusing."))
+@spec_options(
+    click.option("--only", "only", multiple=True, help="Run only this run (repeatable)."),
+    click.option("--force", is_flag=True, help="Rerun from scratch: remove the selected runs' outputs first."),
+    click.option("--wait", is_flag=True, help="Wait for another worker on a run instead of refusing."),
+)
 def run(spec_path: Path, out: Path, only, force: bool, wait: bool, overrides) -> None:
     """Render SPEC and run every step locally, without Slurm, then write the report."""
     _run_spec(_load_spec(spec_path, overrides), out, only, force, wait)
 
 
-def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False):
-    from . import executor, scheduler
+def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False, worker=None):
+    """Render and run ``spec`` here. ``worker``: the caller's LLaMA-Factory process (tlf demo);
+    without one, this call holds its own for its runs."""
+    from . import executor, processes, scheduler
     from . import render as render_mod
 
     runs, files = render_mod.plan_and_render(spec, out)
@@ -361,7 +193,9 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False)
                 executor.reset_run(where.run_dir(name), wait)
     render_mod.write_files(files, force, changed)
     try:
-        result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True), wait)
+        with contextlib.ExitStack() as stack:
+            worker = worker or stack.enter_context(processes.Worker())
+            result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True), wait, worker)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
         sys.exit(130)
@@ -375,8 +209,10 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False)
 
 def _print_report(report) -> None:
     click.echo(report.terminal)
-    click.echo(f"\nreport: {report.html}\n  open it in a browser (one self-contained file: the sortable table, plots and "
-               f"each question's answers); also report.md and report.csv in {report.directory}")
+    click.echo(
+        f"\nreport: {report.html}\n  open it in a browser (one self-contained file: the sortable table, plots and "
+        f"each question's answers); also report.md and report.csv in {report.directory}"
+    )
 
 
 @main.command()
@@ -390,17 +226,21 @@ def demo(out: Path, force: bool) -> None:
 
     started = time.monotonic()
     out = out.resolve()
+    from . import processes
+
     data_dir = demo_mod.prepare_data(out, click.echo)
-    base = demo_mod.prepare_base_model(out, click.echo)
-    spec = _load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
-    _run_spec(spec, out / "runs", (), force)
+    with processes.Worker() as worker:     # one LLaMA-Factory process: the pre-training and every run
+        base = demo_mod.prepare_base_model(out, click.echo, worker)
+        spec = _load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
+        _run_spec(spec, out / "runs", (), force, worker=worker)
     click.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")
 
 
 @main.command()
-@spec_options(click.option("--test-only", is_flag=True, help="Ask `sbatch --test-only` about every script; submit nothing."),
-              click.option("--force", is_flag=True,
-                           help="Re-render over runs with outputs, and redo those whose files changed."))
+@spec_options(
+    click.option("--test-only", is_flag=True, help="Ask `sbatch --test-only` about every script; submit nothing."),
+    click.option("--force", is_flag=True, help="Re-render over runs with outputs, and redo those whose files changed."),
+)
 def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) -> None:
     """Render SPEC and submit what is not done yet to Slurm; returns at once.
 
@@ -411,7 +251,7 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     from . import render as render_mod
 
     spec = _load_spec(spec_path, overrides)
-    if spec.profile is None:
+    if spec.cluster.profile is None:
         raise TlfError(f"{spec.where('cluster')}: `tlf submit` needs a cluster profile (e.g. cluster: dcu)")
     runs, files = render_mod.plan_and_render(spec, out)
     where = render_mod.layout(spec, out)
@@ -428,7 +268,7 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
                    + [where.root / rundir.ARRAY_SCRIPT, where.root / rundir.REPORT_SCRIPT])
         return
     as_array = spec.sweep is not None and len(runs) > 1
-    record = scheduler.submit(where, names, as_array, spec.profile.array_parallel)
+    record = scheduler.submit(where, names, as_array, spec.cluster.profile.array_parallel)
     if record is None:
         click.echo(f"nothing to do: all {len(names)} run(s) are done (--force redoes runs whose files changed)")
         return
@@ -598,13 +438,16 @@ def _chat_on_node(spec, run_dir: Path, flags: list[str]) -> None:
     from . import chat as chat_mod
     from . import slurm
 
-    if spec is None or spec.profile is None:
+    if spec is None or spec.cluster.profile is None:
         raise TlfError("--srun needs SPEC with a cluster profile (cluster: NAME), not a run directory")
     if shutil.which("srun") is None:
         raise TlfError("--srun: no `srun` on PATH; run it where Slurm's client commands are")
-    command = chat_mod.srun_command(slurm.interactive_srun(spec.profile, slurm.job_name(spec, "chat")),
-                                    slurm.setup_lines(spec.profile), spec.profile.python or sys.executable,
-                                    [str(run_dir), *flags])
+    command = chat_mod.srun_command(
+        slurm.interactive_srun(spec.cluster.profile, slurm.job_name(spec, "chat")),
+        slurm.setup_lines(spec.cluster.profile),
+        spec.cluster.profile.python or sys.executable,
+        [str(run_dir), *flags],
+    )
     sys.stdout.flush()
     os.execvp(command[0], command)
 
@@ -612,7 +455,13 @@ def _chat_on_node(spec, run_dir: Path, flags: list[str]) -> None:
 @main.command()
 @click.argument("spec_path", metavar="SPEC", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @RUNS_OUT_OPTION
-@click.option("--question", "asked", multiple=True, metavar="TEXT", help="A question (the data's instruction is added). Repeatable.")
+@click.option(
+    "--question",
+    "asked",
+    multiple=True,
+    metavar="TEXT",
+    help="A question (the data's instruction is added). Repeatable.",
+)
 @click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A file: one question per line, or JSON lines {\"question\", \"expected\"}.")
 @click.option("--from", "from_set", metavar="SET", help="Ask the first --rows rows of a registered set.")
@@ -664,7 +513,7 @@ def _submit_probe(spec, where: Path) -> None:
     from . import scheduler, slurm
     from .fsutil import atomic_write
 
-    if spec.profile is None:
+    if spec.cluster.profile is None:
         raise TlfError(f"{spec.where('cluster')}: --submit needs a cluster profile (e.g. cluster: dcu)")
     script = where / probe_mod.JOB_SCRIPT
     atomic_write(script, slurm.probe_script(spec, where, where / probe_mod.REQUEST))
@@ -677,20 +526,27 @@ def _submit_probe(spec, where: Path) -> None:
 @RUN_OPTION
 @click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="The runs root SPEC was rendered into (render's --out).")
-@click.option("--checkpoint", default=None, metavar="STEP", help="A kept checkpoint's step instead of the final adapter.")
-@click.option("--out", "export_dir", type=click.Path(path_type=Path), required=True, help="The directory to write.")
+@click.option(
+    "--checkpoint", default=None, metavar="STEP", help="A kept checkpoint's step instead of the final adapter."
+)
+@click.option("--to", "export_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="The directory to write (required).")
+@click.option("--out", "deprecated_out", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Deprecated: the old name of --to, kept for one release (--out is the runs root elsewhere).")
 @click.option("--rows", type=click.IntRange(min=1), default=32, show_default=True,
               help="Rows of the run's test set the merged model must answer as the adapter did.")
 @click.option("--allow-diff", type=click.IntRange(min=0), default=0, show_default=True,
               help="Rows allowed to differ (half-precision merges can flip a near-tie).")
-@click.option("--verify-only", is_flag=True, help="Only check an existing export in --out against the adapter.")
-@click.option("--force", is_flag=True, help="Replace --out when it exists.")
+@click.option("--verify-only", is_flag=True, help="Only check an existing export in --to against the adapter.")
+@click.option("--force", is_flag=True, help="Replace --to when it exists.")
 @SET_OPTION
-def export(target: Path, run_name: str | None, runs_root: Path, checkpoint: str | None, export_dir: Path, rows: int,
-           allow_diff: int, verify_only: bool, force: bool, overrides) -> None:
+def export(target: Path, run_name: str | None, runs_root: Path, checkpoint: str | None, export_dir: Path | None,
+           deprecated_out: Path | None, rows: int, allow_diff: int, verify_only: bool, force: bool, overrides) -> None:
     """Merge a run's adapter into a standalone model with a model card, checked against the adapter."""
     from . import export as export_mod
     from . import use
+
+    export_dir = _export_target(export_dir, deprecated_out)
 
     _, run = _one_run(target, runs_root, run_name, overrides)
     model = use.resolve(run, checkpoint)
@@ -701,23 +557,8 @@ def export(target: Path, run_name: str | None, runs_root: Path, checkpoint: str 
     click.echo(f"exported {model.label} to {export_dir} (model card: {export_dir / export_mod.CARD})")
 
 
-@main.group()
-def model() -> None:
-    """Local models for tests and the demo."""
-
-
-@model.command("tiny")
-@click.option("--arch", type=click.Choice(["gemma", "llama"]), default="gemma", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--force", is_flag=True, help="Replace an existing model directory.")
-def model_tiny(arch: str, out: Path, force: bool) -> None:
-    """Build a tiny random-weight causal LM with a locally trained tokenizer."""
-    from . import tiny
-
-    if out.exists() and any(out.iterdir()) and not force:
-        raise TlfError(f"{out} exists and is not empty; pass --force to replace it")
-    tiny.build(out, tiny.TinySpec(arch=arch))
-    click.echo(f"wrote tiny {arch} model to {out}")
+main.add_command(data)
+main.add_command(model)
 
 
 if __name__ == "__main__":

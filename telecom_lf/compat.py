@@ -54,7 +54,7 @@ def _cleaned(path: str, clean) -> None:
 
 def install_blog_decoding(wanted: bool = True) -> None:
     """Make 0.9.5's save_predictions clean up the predicted text's spaces as 0.6 did (or, with
-    ``wanted=False``, put 0.9.5's back: one ``tlf-lf chain`` process may run both kinds).
+    ``wanted=False``, put 0.9.5's back: one ``tlf-lf serve`` process may run both kinds).
 
     ``clean_up_tokenization_spaces=True`` is ``tokenizer.clean_up_tokenization`` applied to the
     decoded string, so applying it to each written prediction gives 0.6's text exactly."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import data, executor, synth, tiny
+from . import data, processes, rundir, synth, tiny
 from .errors import TlfError
 from .fsutil import atomic_write
 
@@ -57,9 +57,9 @@ def pretrain_corpus(path: Path) -> None:
     atomic_write(path, json.dumps(docs, ensure_ascii=False) + "\n")
 
 
-def prepare_base_model(out: Path, echo) -> Path:
+def prepare_base_model(out: Path, echo, worker: processes.Worker) -> Path:
     base = out / "models" / "base"
-    if (base / "config.json").exists() and (base / "train_results.json").exists():
+    if (base / rundir.MODEL_CONFIG).exists() and (base / rundir.TRAIN_RESULTS).exists():
         echo(f"base model: {base} (exists)")
         return base
     random_init = tiny.cached(out / "models", BASE_SPEC)
@@ -70,7 +70,7 @@ def prepare_base_model(out: Path, echo) -> Path:
               "output_dir": str(base), **PRETRAIN}
     atomic_write(work / "pretrain.yaml", yaml.safe_dump(config, sort_keys=False))
     echo("base model: pre-training the tiny Gemma on the catalogue and glossary (stage pt) ...")
-    progress = executor.Progress(base / "trainer_log.jsonl", "pre-train")
-    if not executor.WORKER.run([(work / "pretrain.yaml", work / "pretrain.log")], progress):
+    progress = processes.Progress(base / rundir.TRAINER_LOG, "pre-train")
+    if not worker.run([(work / "pretrain.yaml", work / "pretrain.log")], progress):
         raise TlfError(f"pre-training the demo's base model failed; log: {work / 'pretrain.log'}")
     return base

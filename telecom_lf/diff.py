@@ -27,7 +27,7 @@ def table(spec: Spec, run: RunPlan, out: Path, show_all: bool = False) -> pd.Dat
     configs = []
     if run.train_args is not None:
         configs.append(("train", train_config(spec, run, run_dir)))
-    for dataset in spec.predict_sets[:1]:
+    for dataset in spec.data.predict[:1]:
         configs.append(("predict", predict_config(spec, run, run_dir, dataset)))
     rows = []
     for stage, config in configs:
@@ -43,7 +43,7 @@ def table(spec: Spec, run: RunPlan, out: Path, show_all: bool = False) -> pd.Dat
                 default = f"None -> {effective} (2 x lora_rank)" if derived else info.default
                 rows.append({"stage": stage, "argument": name, "value": value, "llamafactory default": default,
                              "differs": "*" if differs else "", "origin": origin})
-    if spec.prompt == "blog" and spec.predict_sets:
+    if spec.prompt.mode == "blog" and spec.data.predict:
         # Not an argument of LLaMA-Factory: tlf-lf applies it from the predict config's header.
         rows.append({"stage": "predict", "argument": "clean_up_tokenization_spaces (predictions)", "value": True,
                      "llamafactory default": "the tokenizer's own (False for Gemma)", "differs": "*",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from . import executor, lfargs, rundir, score, use
+from . import lfargs, processes, rundir, score, use
 from .errors import Failed, TlfError
 from .fsutil import atomic_write, default_mode
 from .rundir import Run
@@ -61,9 +61,9 @@ def _predict(run: Run, dataset: str, model_args: dict, rows: int, work: Path, la
     path = work / f"{label}.yaml"
     atomic_write(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     log = work / f"{label}.log"
-    if executor.run_child(executor.lf_command(path), log) != 0:
+    if processes.run_child(processes.lf_command(path), log) != 0:
         raise Failed(f"the {label} predictions for the export check failed; log: {log}")
-    return [row.predict for row in score.read_predictions(work / label / "generated_predictions.jsonl").rows]
+    return [row.predict for row in score.read_predictions(work / label / rundir.PREDICTIONS).rows]
 
 
 def verify(run: Run, model: RunModel, export_dir: Path, rows: int, work: Path) -> Verification:
@@ -83,15 +83,15 @@ def _merge(model: RunModel, export_dir: Path, work: Path) -> None:
     path = work / "export.yaml"
     atomic_write(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     log = work / "export.log"
-    if executor.run_child([sys.executable, "-m", "telecom_lf.lf_entry", "export", str(path)], log) != 0:
+    if processes.run_child([sys.executable, "-m", "telecom_lf.lf_entry", "export", str(path)], log) != 0:
         raise Failed(f"llamafactory export failed; log: {log}")
 
 
 def _check_target(out: Path, force: bool) -> None:
     if out.is_symlink():
-        raise TlfError(f"--out {out}: is a symbolic link; give the real directory")
+        raise TlfError(f"--to {out}: is a symbolic link; give the real directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise TlfError(f"--out {out}: exists and is not empty; pass --force to replace it")
+        raise TlfError(f"--to {out}: exists and is not empty; pass --force to replace it")
 
 
 def export(run: Run, model: RunModel, out: Path, rows: int, force: bool, allow_diff: int, echo) -> Verification:
@@ -120,7 +120,10 @@ def export(run: Run, model: RunModel, out: Path, rows: int, force: bool, allow_d
 
 def _report(result: Verification, allow_diff: int, work: Path, echo) -> None:
     for row in result.differing[:10]:
-        echo(f"  row {row['row']}: adapter {row['adapter']!r}\n  {'':>{len(str(row['row'])) + 4}}merged  {row['merged']!r}")
+        echo(
+            f"  row {row['row']}: adapter {row['adapter']!r}\n"
+            f"  {'':>{len(str(row['row'])) + 4}}merged  {row['merged']!r}"
+        )
     if len(result.differing) > allow_diff:
         raise ExportMismatch(f"the merged model answers {len(result.differing)} of {result.rows} rows of "
                              f"{result.dataset} differently from the adapter (rows "
@@ -131,7 +134,7 @@ def _report(result: Verification, allow_diff: int, work: Path, echo) -> None:
 
 def verify_existing(run: Run, model: RunModel, export_dir: Path, rows: int, allow_diff: int, echo) -> Verification:
     """``--verify-only``: check an export made earlier (or by hand) against the run's adapter."""
-    if not (export_dir / "config.json").is_file():
+    if not (export_dir / rundir.MODEL_CONFIG).is_file():
         raise TlfError(f"{export_dir}: no config.json; not an exported model")
     work = Path(tempfile.mkdtemp(prefix=".tlf-verify-"))
     result = verify(run, model, export_dir.absolute(), rows, work)
@@ -148,7 +151,7 @@ def write_card(export_dir: Path, run: Run, model: RunModel, result: Verification
         "run": str(run.path), "label": model.label, "base_model": model.args["model_name_or_path"],
         "adapter": model.adapter, "template": model.args.get("template"), "instruction": model.wrapper,
         "training": {k: train[k] for k in CARD_TRAIN_KEYS if k in train},
-        "spec": run.manifest.get("spec"), "versions": lfargs.installed_versions(),
+        "spec": run.manifest.spec, "versions": lfargs.installed_versions(),
         "scores": {s: {k: v for k, v in sc.items() if not isinstance(v, (dict, list))} for s, sc in scores.items()},
         "verification": {"dataset": result.dataset, "rows": result.rows, "differing": result.differing},
     }
@@ -159,11 +162,16 @@ def write_card(export_dir: Path, run: Run, model: RunModel, result: Verification
 
 
 def card_text(record: dict, export_dir: Path) -> str:
-    lines = [f"# {record['label']}: merged by tlf", "",
-             f"Base model `{record['base_model']}` with the LoRA adapter `{record['adapter']}` merged in "
-             f"(LLaMA-Factory {record['versions'].get('llamafactory', '?')}, PEFT {record['versions'].get('peft', '?')}).",
-             "", "## Prompt", "",
-             f"- template: `{record['template']}` (LLaMA-Factory; `tlf_blog_*` templates are registered by `tlf-lf`)"]
+    lines = [
+        f"# {record['label']}: merged by tlf",
+        "",
+        f"Base model `{record['base_model']}` with the LoRA adapter `{record['adapter']}` merged in "
+        f"(LLaMA-Factory {record['versions'].get('llamafactory', '?')}, PEFT {record['versions'].get('peft', '?')}).",
+        "",
+        "## Prompt",
+        "",
+        f"- template: `{record['template']}` (LLaMA-Factory; `tlf_blog_*` templates are registered by `tlf-lf`)",
+    ]
     if record["instruction"]:
         lines.append(f"- every question was wrapped as: `{record['instruction']}`")
     lines += ["", "## Training", ""] + [f"- {k}: `{v}`" for k, v in record["training"].items()]
@@ -172,10 +180,23 @@ def card_text(record: dict, export_dir: Path) -> str:
         shown = ", ".join(f"{k} {sc[k]}" for k in ("acc", "long_recall", "rouge-1", "bleu-4") if k in sc)
         lines.append(f"- {name}: {shown}")
     check = record["verification"]
-    lines += ["", "## Verification", "",
-              f"Greedy answers of this merged model and of the adapter on the first {check['rows']} rows of "
-              f"`{check['dataset']}`: {check['rows'] - len(check['differing'])} identical.",
-              "", "## Use", "", "```",
-              f"tlf-lf chat {export_dir / CHAT_FILE}     # LLaMA-Factory's chat, with tlf's templates",
-              "```", "", "Type the wrapped question (the instruction above) for the answers the study scored.", "", f"Versions: {json.dumps(record['versions'])}", f"Run: `{record['run']}`", ""]
+    lines += [
+        "",
+        "## Verification",
+        "",
+        f"Greedy answers of this merged model and of the adapter on the first {check['rows']} rows of "
+        f"`{check['dataset']}`: {check['rows'] - len(check['differing'])} identical.",
+        "",
+        "## Use",
+        "",
+        "```",
+        f"tlf-lf chat {export_dir / CHAT_FILE}     # LLaMA-Factory's chat, with tlf's templates",
+        "```",
+        "",
+        "Type the wrapped question (the instruction above) for the answers the study scored.",
+        "",
+        f"Versions: {json.dumps(record['versions'])}",
+        f"Run: `{record['run']}`",
+        "",
+    ]
     return "\n".join(lines)

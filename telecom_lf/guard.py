@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import TlfError
 
+
 class Refused(TlfError):
     """A value refused by a guard; ``detail`` is the message without the place, for callers
     that name the place themselves (a spec's file:line: key)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-
 USAGE = """usage: tlf-lf COMMAND [ARGS]   (llamafactory-cli with tlf's blog-era templates registered)
 
   tlf-lf train CONFIG.yaml [key=value ...]    train or predict, as llamafactory-cli train
@@ -23,11 +22,10 @@ USAGE = """usage: tlf-lf COMMAND [ARGS]   (llamafactory-cli with tlf's blog-era 
   tlf-lf select CONFIG.yaml KEY CHECKPOINT OUTPUT [CHECKPOINT OUTPUT ...]
                                               predict CONFIG once per checkpoint (KEY=CHECKPOINT,
                                               output_dir=OUTPUT) in one process (tlf step select uses it)
-  tlf-lf chain CONFIG.yaml LOG [CONFIG.yaml LOG ...]
-                                              train/predict each config in turn in one process, its output
-                                              appended to its LOG; stops at the first failure
-  tlf-lf serve FD                             the same for each JSON list [[CONFIG, LOG], ...] read from
-                                              stdin, answering {"ok": ...} on file descriptor FD (tlf run)
+  tlf-lf serve FD                             for each JSON list [[CONFIG, LOG], ...] read from stdin: train/
+                                              predict each config in turn in this one process, its output
+                                              appended to its LOG, stopping at the first failure; answers
+                                              {"ok": ...} on file descriptor FD (tlf run and tlf demo use it)
 
 Templates added: tlf_blog_default (LLaMA-Factory 0.6's `default`, the blog's prompts).
 """
@@ -41,9 +39,6 @@ def main() -> None:
         sys.exit(0 if len(sys.argv) > 1 else 2)
     if sys.argv[1] == "select":
         select(sys.argv[2:])
-        return
-    if sys.argv[1] == "chain":
-        chain(sys.argv[2:])
         return
     if sys.argv[1] == "serve":
         serve(sys.argv[2:])
@@ -95,20 +90,10 @@ def select(argv: list[str]) -> None:
         _release_memory()
 
 
-def chain(argv: list[str]) -> None:
-    """Several configs in this one process: Python, torch and LLaMA-Factory are imported once
-    (~10 s of a CPU process), not once per config."""
-    if not argv or len(argv) % 2:
-        print(USAGE, end="", file=sys.stderr)
-        sys.exit(2)
-    if not _run_configs(list(zip(argv[0::2], argv[1::2]))):
-        sys.exit(1)
-
-
 def serve(argv: list[str]) -> None:
-    """``chain`` for one request after another, in one process that stays: ``tlf run`` sends each
-    run's configs, so the imports happen once per ``tlf run``, not once per run. A failed
-    request ends the process (the next one starts clean)."""
+    """One request after another in one process that stays: ``tlf run`` sends each run's configs,
+    so Python, torch and LLaMA-Factory are imported once per ``tlf run`` (~10 s of a CPU process),
+    not once per run or config. A failed request ends the process (the next one starts clean)."""
     import json
     import os
 
@@ -139,7 +124,7 @@ def _run_configs(pairs: list[tuple[str, str]]) -> bool:
         with open(log, "ab") as handle:
             os.dup2(handle.fileno(), 1)
             os.dup2(handle.fileno(), 2)
-        print(f"tlf-lf chain: {config} (process {os.getpid()})", flush=True)
+        print(f"tlf-lf serve: {config} (process {os.getpid()})", flush=True)
         try:
             _prepare(config)
             run_exp(_read_yaml(config))
@@ -182,7 +167,7 @@ def _worker() -> None:
 if __name__ == "__main__":
     # torchrun runs this file directly: argv is the YAML (and overrides), no sub-command.
     if len(sys.argv) > 1 and sys.argv[1] in ("train", "chat", "export", "env", "version", "api", "slurm-node",
-                                             "select", "chain", "serve"):
+                                             "select", "serve"):
         main()
     else:
         _worker()

@@ -124,7 +124,9 @@ def installed_versions() -> dict[str, str]:
 
 
 def cache_path() -> Path:
-    base = Path(os.environ.get("TLF_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlf")
+    base = Path(
+        os.environ.get("TLF_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tlf"
+    )
     versions = installed_versions()
     key = f"lfargs-tlf{__version__}-lf{versions['llamafactory']}-tf{versions['transformers']}.json"
     return base / key

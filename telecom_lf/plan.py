@@ -152,7 +152,7 @@ def map_targets(spec: Spec, model_name: str, model_path: str, args: dict) -> dic
     target = args.get("lora_target")
     if not target or target == "all":
         return args
-    config_file = Path(model_path) / "config.json"
+    config_file = Path(model_path) / rundir.MODEL_CONFIG
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
     except (OSError, ValueError) as error:
@@ -212,7 +212,9 @@ def expand(spec: Spec) -> list[RunPlan]:
             continue
         for point, base in _points(spec):
             run = _sweep_run(spec, model_name, model_path, point, swept, multi_model)
-            reference = _sweep_run(spec, model_name, model_path, base, swept, multi_model).name if base is not None else None
+            reference = (
+                _sweep_run(spec, model_name, model_path, base, swept, multi_model).name if base is not None else None
+            )
             label = VARY_BASE_LABEL if spec.sweep and spec.sweep.vary and base is None else None
             runs.append(replace(run, reference=reference, label=label))
         if spec.baseline == "upstream":

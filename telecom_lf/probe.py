@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import executor, rundir, score, use
+from . import processes, rundir, score, use
 from .errors import Failed, TlfError
 from .fsutil import atomic_write, sha256_bytes
 from .rundir import Run
@@ -133,7 +133,7 @@ def _write_dataset(where: Path, asked: list[Question]) -> None:
     atomic_write(where / f"{DATASET}.json", json.dumps(records, ensure_ascii=False, indent=1) + "\n")
     info = {DATASET: {"file_name": f"{DATASET}.json",
                       "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
-    atomic_write(where / "dataset_info.json", json.dumps(info, indent=2) + "\n")
+    atomic_write(where / rundir.DATASET_INFO, json.dumps(info, indent=2) + "\n")
 
 
 def _member_dir(where: Path, member: Member) -> Path:
@@ -143,7 +143,7 @@ def _member_dir(where: Path, member: Member) -> Path:
 def _answers(where: Path, member: Member, count: int) -> list[str] | None:
     """The member's finished answers, or None when there are not ``count`` of them yet."""
     try:
-        rows = score.read_predictions(_member_dir(where, member) / "generated_predictions.jsonl").rows
+        rows = score.read_predictions(_member_dir(where, member) / rundir.PREDICTIONS).rows
     except TlfError:
         return None
     return [row.predict for row in rows] if len(rows) == count else None
@@ -164,7 +164,7 @@ def answer(where: Path, member: Member, count: int, echo) -> list[str]:
     atomic_write(config_path, yaml.safe_dump(_member_config(where, member), sort_keys=False, allow_unicode=True))
     log = where / f"{_member_dir(where, member).name}.log"
     echo(f"  {member.label}: predicting {count} question(s) ...")
-    if executor.run_child(executor.lf_command(config_path), log) != 0:
+    if processes.run_child(processes.lf_command(config_path), log) != 0:
         raise Failed(f"probe of {member.label} failed; log: {log}")
     found = _answers(where, member, count)
     if found is None:

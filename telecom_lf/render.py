@@ -7,7 +7,7 @@ refuses to touch a run that has already produced outputs unless forced.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -17,6 +17,7 @@ from . import plan as plan_mod
 from .errors import TlfError
 from .fsutil import sha256_bytes, write_all
 from .plan import RunPlan
+from .records import ExperimentRecord, Manifest, RunEntry
 from .rundir import MANIFEST, TRAIN_DIR, TRAIN_FILE, predict_dir, predict_file
 from .spec import Spec
 
@@ -76,9 +77,11 @@ def _arg_origin(spec: Spec, run: RunPlan, key: str) -> str:
 
 
 def _common(spec: Spec, config: Config) -> None:
-    template_note = f" (prompt: blog -> LLaMA-Factory 0.6's {spec.template})" if spec.prompt == "blog" else ""
-    config.put("template", spec.lf_template, _from_spec(spec, "template") + template_note)
-    config.put("dataset_dir", str(spec.data_dir), _from_spec(spec, "data", "dir"))
+    template_note = (
+        f" (prompt: blog -> LLaMA-Factory 0.6's {spec.prompt.template})" if spec.prompt.mode == "blog" else ""
+    )
+    config.put("template", spec.prompt.lf_template, _from_spec(spec, "template") + template_note)
+    config.put("dataset_dir", str(spec.data.dir), _from_spec(spec, "data", "dir"))
     config.put("seed", spec.seed, _from_spec(spec, "seed") if spec.line("seed") else "tlf default: 42, as HF")
 
 
@@ -95,14 +98,14 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
     if "finetuning_type" not in args:
         config.put("finetuning_type", "lora", "tlf default: LoRA, as the blog")
     _common(spec, config)
-    config.put("dataset", spec.train_set, _from_spec(spec, "data", "train"))
+    config.put("dataset", spec.data.train, _from_spec(spec, "data", "train"))
     config.put("output_dir", str(run_dir / TRAIN_DIR), "tlf: the run directory (stable: resume after a requeue)")
     config.put("overwrite_output_dir", False, "tlf: resume from the last checkpoint, never wipe")
-    if spec.prompt == "blog":
+    if spec.prompt.mode == "blog":
         config.put("cutoff_len", BLOG_CUTOFF_LEN, "tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)")
     for key, (value, origin) in TLF_TRAIN_DEFAULTS.items():
         config.put(key, value, origin)
-    profile = spec.profile
+    profile = spec.cluster.profile
     if profile and profile.precision and not ({"fp16", "bf16", "pure_bf16"} & set(args)):
         config.put(profile.precision, True, f"profile {profile.name}")
     if spec.select is not None:
@@ -112,7 +115,7 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
         config.put("save_total_limit", 2, "tlf default: keep the last two checkpoints")
     for key, value in args.items():
         config.put(key, value, _arg_origin(spec, run, key))
-    if spec.speed == "fast":
+    if spec.speed.mode == "fast":
         for key, value in fast_settings(spec, run, config.values(), args,
                                         profile.gpu_memory_gb if profile else None).items():
             config.put_fast(key, value)
@@ -155,16 +158,18 @@ def fast_settings(spec: Spec, run: RunPlan, config: dict, user_args: dict, card_
     accumulation = config.get("gradient_accumulation_steps", table["gradient_accumulation_steps"].default)
     effective = batch * accumulation
     liger = "enable_liger_kernel" not in user_args and liger_installed() and (card_gb or 0) < LIGER_BELOW_GB
-    micro = spec.micro_batch or _micro_batch_for(effective, card_gb, liger or bool(user_args.get("enable_liger_kernel")))
+    micro = spec.speed.micro_batch or _micro_batch_for(
+        effective, card_gb, liger or bool(user_args.get("enable_liger_kernel"))
+    )
     if effective % micro:
         raise TlfError(f"{spec.path}:{spec.line('micro_batch') or 1}: micro_batch {micro} does not divide the "
                        f"effective batch {effective} (= {batch} x {accumulation}) of run {run.name!r}; "
                        f"the fast profile keeps the effective batch, so use a divisor of {effective}")
-    key = sha256_bytes(json.dumps([run.model_path, spec.lf_template, config.get("cutoff_len"), spec.train_set],
+    key = sha256_bytes(json.dumps([run.model_path, spec.prompt.lf_template, config.get("cutoff_len"), spec.data.train],
                                   sort_keys=True).encode())[:16]
     fast = {
         "flash_attn": "sdpa" if config.get("flash_attn", "auto") == "auto" else config["flash_attn"],
-        "tokenized_path": str(spec.data_dir / ".tlf-tokenized" / key),
+        "tokenized_path": str(spec.data.dir / ".tlf-tokenized" / key),
         "include_num_input_tokens_seen": True,
         "dataloader_num_workers": 2,
         **({"enable_liger_kernel": True} if liger else {}),
@@ -198,11 +203,11 @@ def _total_steps(spec: Spec, args: dict) -> int:
     """Optimiser steps of a run, from the train set's rows, the effective batch and the epochs."""
     import math
 
-    file_name = spec.datasets[spec.train_set].get("file_name")
+    file_name = spec.data.entries[spec.data.train].get("file_name")
     if file_name is None:
-        raise TlfError(f"{spec.where('data', 'train')}: {spec.train_set} has no local file_name, so tlf cannot count "
+        raise TlfError(f"{spec.where('data', 'train')}: {spec.data.train} has no local file_name, so tlf cannot count "
                        "its rows to choose save_steps; set train.save_steps")
-    data_file = spec.data_dir / file_name
+    data_file = spec.data.dir / file_name
     try:
         rows = _row_count(data_file)
     except (OSError, ValueError, TypeError, RecursionError) as error:
@@ -221,15 +226,21 @@ def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Con
     finetuning = (train or {}).get("finetuning_type", "lora")
     config = Config()
     if spec.select and train is not None:
-        trained, model, adapter = (run_dir / rundir.SELECTED, *(f"tlf: the checkpoint select: chose on {spec.select.on}"
-                                                                f" ({what})" for what in ("its whole model", "its adapter")))
+        trained, model, adapter = (
+            run_dir / rundir.SELECTED,
+            *(
+                f"tlf: the checkpoint select: chose on {spec.select.on} ({what})"
+                for what in ("its whole model", "its adapter")
+            ),
+        )
     else:
         trained, model, adapter = run_dir / TRAIN_DIR, "tlf: the run's fully fine-tuned model", "tlf: the run's adapter"
-    if train is not None and finetuning == "full":
+    whole_model = train is not None and rundir.weights_key(finetuning) == "model_name_or_path"
+    if whole_model:
         config.put("model_name_or_path", str(trained), model)
     else:
         config.put("model_name_or_path", run.model_path, _model_origin(spec, run))
-    if train is not None and finetuning != "full":
+    if train is not None and not whole_model:
         config.put("adapter_name_or_path", str(trained), adapter)
     config.put("stage", "sft", "tlf: predict runs through the sft stage")
     config.put("do_predict", True, "tlf: the predict step")
@@ -242,20 +253,20 @@ def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Con
     config.put("output_dir", str(run_dir / predict_dir(dataset)), "tlf: the run directory")
     config.put("overwrite_output_dir", True, "tlf: a predict step is redone whole")
     config.put("report_to", "none", "tlf default: no wandb/tensorboard")
-    if spec.prompt == "blog":
+    if spec.prompt.mode == "blog":
         config.put("cutoff_len", BLOG_CUTOFF_LEN, "tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)")
     if train and "cutoff_len" in train:
         config.put("cutoff_len", train["cutoff_len"], _arg_origin(spec, run, "cutoff_len") + " (as trained)")
-    if spec.prompt == "blog":
+    if spec.prompt.mode == "blog":
         # The blog never set it: LLaMA-Factory 0.6 generated at most 512 new tokens, 0.9.5 1024.
         config.put("max_new_tokens", BLOG_MAX_NEW_TOKENS, "tlf default: LLaMA-Factory 0.6's limit (prompt: blog)")
-    if spec.decoding == "greedy":
+    if spec.prompt.decoding == "greedy":
         # LLaMA-Factory samples by default (temperature 0.95, top_p 0.7): the blog's scores
         # were sampled. Greedy makes a score a property of the adapter, not of the dice.
         config.put("do_sample", False, "tlf default: greedy predict (decoding: greedy)")
     for key, value in spec.predict.items():
         config.put(key, value, _from_spec(spec, "predict", key))
-    if spec.speed == "fast":
+    if spec.speed.mode == "fast":
         # Rows are generated independently (left-padded), so a batch changes the speed, not the
         # maths; bf16 near-ties can still flip a token (measured: 100/100 identical on an H200,
         # 99/100 on an H100).
@@ -289,7 +300,7 @@ def git_commit(start: Path) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _row_count(data_file: Path) -> int:
     """Rows of an Alpaca JSON file; read once, not once per sweep point."""
     rows = json.loads(data_file.read_text(encoding="utf-8"))
@@ -328,9 +339,15 @@ def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
              "   (key=value after the file)",
              "Each value's comment says where it came from: the spec's file:line, the cluster profile,",
              "a tlf default (and why), or speed: fast."]
-    if name != TRAIN_FILE and spec.prompt == "blog":
-        lines.append(rundir.header_line(compat.DECODE_KEY, "0.6", "prompt: blog: predictions decoded with "
-                     "clean_up_tokenization_spaces=True, as LLaMA-Factory 0.6 did; plain llamafactory-cli ignores this line"))
+    if name != TRAIN_FILE and spec.prompt.mode == "blog":
+        lines.append(
+            rundir.header_line(
+                compat.DECODE_KEY,
+                "0.6",
+                "prompt: blog: predictions decoded with "
+                "clean_up_tokenization_spaces=True, as LLaMA-Factory 0.6 did; plain llamafactory-cli ignores this line",
+            )
+        )
     if uses_fast_dora(spec, run):
         origin = _from_spec(spec, "dora_kernel") if spec.line("dora_kernel") else "speed: fast"
         lines.append(rundir.header_line(dora.KEY, "fast", f"{origin}: tlf-lf installs its DoRA forward, same maths "
@@ -339,14 +356,14 @@ def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
 
 
 def uses_fast_dora(spec: Spec, run: RunPlan) -> bool:
-    return spec.dora_kernel == "fast" and bool((run.train_args or {}).get("use_dora"))
+    return spec.speed.dora_kernel == "fast" and bool((run.train_args or {}).get("use_dora"))
 
 
 def select_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
     """The dev set's predict config; `tlf step select` runs it once per checkpoint with
     adapter_name_or_path (model_name_or_path for full fine-tuning) and output_dir set to it."""
     config = predict_config(spec, run, run_dir, spec.select.on)
-    key = "model_name_or_path" if (run.train_args or {}).get("finetuning_type") == "full" else "adapter_name_or_path"
+    key = rundir.weights_key((run.train_args or {}).get("finetuning_type"))
     config.put(key, str(run_dir / TRAIN_DIR), "tlf: replaced by each checkpoint in turn (tlf step select)")
     config.put("output_dir", str(run_dir / rundir.SELECT_DIR), "tlf: select/<checkpoint>/ per checkpoint")
     # A checkpoint's score must not depend on the dice or on a row limit meant for the reports.
@@ -364,7 +381,7 @@ def _run_files(spec: Spec, run: RunPlan, run_dir: Path, entries: bytes) -> dict[
     if run.train_args is not None and spec.select is not None:
         name = rundir.select_file(spec.select.on)
         files[name] = config_yaml(_header(spec, run, name), select_config(spec, run, run_dir))
-    for dataset in spec.predict_sets:
+    for dataset in spec.data.predict:
         name = predict_file(dataset)
         files[name] = config_yaml(_header(spec, run, name), predict_config(spec, run, run_dir, dataset))
     files[rundir.DATASETS_FILE] = entries
@@ -373,28 +390,28 @@ def _run_files(spec: Spec, run: RunPlan, run_dir: Path, entries: bytes) -> dict[
 
 
 def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dict) -> bytes:
-    split_manifest = spec.data_dir / "split_manifest.json"
-    manifest = {
+    split_manifest = spec.data.dir / rundir.SPLIT_MANIFEST
+    manifest = Manifest(
         **provenance,
-        "experiment": spec.name,
-        "run": run.name,
-        "model": {"name": run.model_name, "path": run.model_path},
-        "prompt": spec.prompt,
-        "template": spec.lf_template,
-        "seed": spec.seed,
-        "varied": run.varied,
-        "baseline": run.is_baseline,
-        "trains": run.train_args is not None,
-        "finetuning_type": run.train_args.get("finetuning_type", "lora") if run.train_args is not None else None,
-        "dora_kernel": "fast" if uses_fast_dora(spec, run) else "peft",
-        "predict_sets": spec.predict_sets,
-        "select": ({"on": spec.select.on, "metric": spec.select.metric, "every": spec.select.every}
-                   if spec.select and run.train_args is not None else None),
-        "dataset_dir": str(spec.data_dir),
-        "split_manifest": str(split_manifest) if split_manifest.exists() else None,
-        "files": {name: sha256_bytes(blob) for name, blob in sorted(files.items())},
-    }
-    return (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        experiment=spec.name,
+        run=run.name,
+        model={"name": run.model_name, "path": run.model_path},
+        prompt=spec.prompt.mode,
+        template=spec.prompt.lf_template,
+        seed=spec.seed,
+        varied=run.varied,
+        baseline=run.is_baseline,
+        trains=run.train_args is not None,
+        finetuning_type=run.train_args.get("finetuning_type", "lora") if run.train_args is not None else None,
+        dora_kernel="fast" if uses_fast_dora(spec, run) else "peft",
+        predict_sets=spec.data.predict,
+        select=({"on": spec.select.on, "metric": spec.select.metric, "every": spec.select.every}
+                if spec.select and run.train_args is not None else None),
+        dataset_dir=str(spec.data.dir),
+        split_manifest=str(split_manifest) if split_manifest.exists() else None,
+        files={name: sha256_bytes(blob) for name, blob in sorted(files.items())},
+    )
+    return manifest.to_json()
 
 
 def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes]:
@@ -402,25 +419,21 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
     where = layout(spec, out)
     provenance = {"tlf": __version__, "versions": lfargs.installed_versions(), "spec": str(spec.path),
                   "spec_sha256": spec.sha256, "git_commit": git_commit(spec.path.parent)}
-    entries = (json.dumps(spec.datasets, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    entries = (json.dumps(spec.data.entries, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
     files: dict[Path, bytes] = {}
     for run in runs:
         run_dir = where.run_dir(run.name)
         run_files = _run_files(spec, run, run_dir, entries)
         run_files[MANIFEST] = _manifest(spec, run, run_files, provenance)
         files.update({run_dir / name: blob for name, blob in run_files.items()})
-    experiment = {
-        "experiment": spec.name,
-        "spec": str(spec.path),
-        "spec_sha256": spec.sha256,
-        "predict_sets": spec.predict_sets,
-        "axes": [{"kind": a.kind, "arguments": list(a.arguments)} for a in plan_mod.axes(spec)],
-        "runs": [{"name": r.name, "model": r.model_name, "varied": r.varied, "baseline": r.is_baseline,
-                  "train": r.train_args is not None, "point": r.point, "reference": r.reference,
-                  "label": r.label} for r in runs],
-    }
+    experiment = ExperimentRecord(
+        experiment=spec.name, spec=str(spec.path), spec_sha256=spec.sha256, predict_sets=spec.data.predict,
+        axes=[{"kind": a.kind, "arguments": list(a.arguments)} for a in plan_mod.axes(spec)],
+        runs=[RunEntry(name=r.name, model=r.model_name, varied=r.varied, baseline=r.is_baseline,
+                       train=r.train_args is not None, point=r.point, reference=r.reference, label=r.label)
+              for r in runs])
     files.update(slurm.experiment_files(spec, runs, where.root))
-    files[where.root / rundir.EXPERIMENT] = (json.dumps(experiment, ensure_ascii=False, indent=2) + "\n").encode()
+    files[where.root / rundir.EXPERIMENT] = experiment.to_json()
     return files
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from . import guard
 from .errors import TlfError
 from .fsutil import atomic_write, sha256_file
+from .records import ExperimentRecord, Manifest
 
 TRAIN_FILE = "train.yaml"
 TRAIN_DIR = "train"
@@ -48,8 +49,22 @@ DATASETS_FILE = "datasets.json"
 SELECT_DIR = "select"            # select/<checkpoint-N>/: the dev set's predictions per checkpoint
 SELECTED = "selected"            # a link to the chosen train/checkpoint-N: what the predict steps load
 SELECTION = "selection.json"     # every checkpoint's dev score and the choice
-WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json",
+# LLaMA-Factory's (and transformers') artefact names: every other module asks here.
+PREDICTIONS = "generated_predictions.jsonl"
+PREDICT_RESULTS = "predict_results.json"
+TRAIN_RESULTS = "train_results.json"
+TRAINER_STATE = "trainer_state.json"      # written last into a checkpoint: a checkpoint without it is torn
+TRAINER_LOG = "trainer_log.jsonl"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CONFIG = "config.json"
+DATASET_INFO = "dataset_info.json"
+SPLIT_MANIFEST = "split_manifest.json"    # what `tlf data split` writes beside its subsets
+WEIGHT_FILES = (ADAPTER_WEIGHTS, "model.safetensors", "model.safetensors.index.json",
                 "adapter_model.bin", "pytorch_model.bin")
+CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)$")
+# The fine-tuning types whose output is an adapter on the base; every other type (full, freeze)
+# saves a whole model, loaded as model_name_or_path.
+ADAPTER_TYPES = ("lora", "oft")
 # What an experiment directory holds beside its runs: no run may be named like one of them.
 EXPERIMENT_ENTRIES = (EXPERIMENT, JOBS, LOGS, REPORT_DIR, ARRAY_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT)
 JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")    # what sbatch returns, or <array>_<task>
@@ -101,7 +116,7 @@ class Experiment:
     root: Path
 
     @classmethod
-    def at(cls, out: Path, name: str) -> "Experiment":
+    def at(cls, out: Path, name: str) -> Experiment:
         guard.text(str(out), "--out", "path")
         if Path(out).exists() and not Path(out).is_dir():
             raise TlfError(f"--out {out}: is a file; expected the runs directory")
@@ -114,20 +129,14 @@ class Experiment:
     def report_dir(self) -> Path:
         return self.root / REPORT_DIR
 
-    def read(self) -> dict:
+    def read(self) -> ExperimentRecord:
         """experiment.json: the spec, the predict sets and every run rendered."""
-        record = read_json(self.root / EXPERIMENT)
-        if not isinstance(record, dict):
-            raise TlfError(f"{self.root}: no readable {EXPERIMENT}; render the experiment first")
         where = f"{self.root / EXPERIMENT}"
-        runs, sets = record.get("runs"), record.get("predict_sets")
-        if not isinstance(runs, list) or not isinstance(sets, list) or not all(
-                isinstance(r, dict) and isinstance(r.get("varied", {}), dict) for r in runs):
-            raise TlfError(f"{where}: not the experiment record tlf writes (runs, predict_sets); re-render the spec")
-        for name in sets:
-            guard.component(name, f"{where}: predict_sets", "data set name")
-        for run in runs:
-            check_run_name(run.get("name"), f"{where}: runs")
+        if not (self.root / EXPERIMENT).exists():
+            raise TlfError(f"{self.root}: no readable {EXPERIMENT}; render the experiment first")
+        record = ExperimentRecord.from_json(read_json(self.root / EXPERIMENT), where)
+        for run in record.runs:
+            check_run_name(run.name, f"{where}: runs")
         return record
 
     def jobs(self) -> list[dict]:
@@ -173,7 +182,7 @@ def _job_record(record) -> bool:
 class Run:
     """A rendered run, read from its manifest: nothing is re-parsed from the rendered YAMLs."""
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def name(self) -> str:
@@ -181,37 +190,51 @@ class Run:
 
     @property
     def trains(self) -> bool:
-        return bool(self.manifest.get("trains"))
+        return bool(self.manifest.trains)
 
     @property
     def predict_sets(self) -> list[str]:
-        return list(self.manifest.get("predict_sets", []))
+        return list(self.manifest.predict_sets)
 
     @property
     def select(self) -> dict | None:
         """select: of the spec (on, metric, every), or None."""
-        value = self.manifest.get("select")
+        value = self.manifest.select
         return value if isinstance(value, dict) and isinstance(value.get("on"), str) else None
 
     @property
     def dataset_dir(self) -> Path:
-        return Path(self.manifest["dataset_dir"])
+        if not self.manifest.dataset_dir:
+            raise TlfError(f"{self.path / MANIFEST}: no dataset_dir; re-render the spec")
+        return Path(self.manifest.dataset_dir)
 
     @property
     def split_manifest(self) -> Path | None:
-        path = self.manifest.get("split_manifest")
-        return Path(path) if path else None
+        path = self.manifest.split_manifest
+        return Path(path) if isinstance(path, str) and path else None
 
     @property
     def model_path(self) -> str:
-        return self.manifest["model"]["path"]
+        return self.manifest.model["path"]
 
     @property
     def train_dir(self) -> Path:
         return self.path / TRAIN_DIR
 
     def predictions(self, dataset: str) -> Path:
-        return self.path / predict_dir(dataset) / "generated_predictions.jsonl"
+        return self.path / predict_dir(dataset) / PREDICTIONS
+
+    @property
+    def finetuning_type(self) -> str:
+        return self.manifest.finetuning_type or "lora"
+
+    @property
+    def weights_key(self) -> str:
+        return weights_key(self.finetuning_type)
+
+    @property
+    def instruction_wrapper(self) -> str | None:
+        return instruction_wrapper(self.split_manifest)
 
     def config(self, link: str) -> Path:
         if link == "select":
@@ -227,16 +250,11 @@ class Run:
 
 def open_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir).resolve()
-    manifest = read_json(run_dir / MANIFEST)
-    if not isinstance(manifest, dict) or "predict_sets" not in manifest:
-        raise TlfError(f"{run_dir}: not a rendered run (no readable {MANIFEST}); run `tlf render` first")
     where = f"{run_dir / MANIFEST}"
-    sets, files = manifest.get("predict_sets"), manifest.get("files", {})
-    if not isinstance(sets, list) or not isinstance(files, dict) or not isinstance(manifest.get("model", {}), dict):
-        raise TlfError(f"{where}: not the manifest tlf writes (predict_sets, files, model); re-render the spec")
-    for name in sets:
-        guard.component(name, f"{where}: predict_sets", "data set name")
-    for name in files:
+    if not (run_dir / MANIFEST).is_file():
+        raise TlfError(f"{run_dir}: not a rendered run (no readable {MANIFEST}); run `tlf render` first")
+    manifest = Manifest.from_json(read_json(run_dir / MANIFEST), where)
+    for name in manifest.files:
         guard.inside(run_dir / guard.text(name, f"{where}: files", "file name"), run_dir, f"{where}: files")
     return Run(run_dir, manifest)
 
@@ -254,7 +272,7 @@ def check_rendered(run: Run) -> None:
     """Refuse to work on a run whose rendered files are not the ones manifest.json recorded:
     results must match the config they are reported with."""
     changed = []
-    for name, digest in (run.manifest.get("files") or {}).items():
+    for name, digest in run.manifest.files.items():
         path = run.path / name
         if not path.is_file():
             changed.append(f"{name} (missing)")
@@ -312,14 +330,82 @@ def read_json(path: Path):
 # ---------------------------------------------------------------- what is done
 
 
+def has_weights(directory: Path) -> bool:
+    """A directory holding trained weights (an adapter or a whole model), in any format LF saves."""
+    return any((Path(directory) / name).exists() for name in WEIGHT_FILES)
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """A checkpoint-N that can be loaded and resumed from: its weights and its trainer_state.json
+    (the trainer writes that last, so a job killed while saving leaves a checkpoint without it)."""
+    return Path(path).is_dir() and (Path(path) / TRAINER_STATE).exists() and has_weights(path)
+
+
+def checkpoints(train_dir: Path, complete: bool = True) -> list[tuple[int, Path]]:
+    """(step, directory) of the checkpoint-N directories of a training output, by step: only the
+    complete ones, or (complete=False) every one, torn ones included."""
+    found = []
+    for path in Path(train_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir() and (not complete or checkpoint_complete(path)):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def set_aside_incomplete_checkpoints(train_dir: Path) -> list[Path]:
+    """A job killed while saving leaves a checkpoint-N without its trainer_state.json (written
+    last) or weights; LLaMA-Factory would resume from it and fail. Rename such directories so
+    the resume picks the last complete one; nothing is deleted."""
+    moved = []
+    for _step, checkpoint in checkpoints(train_dir, complete=False):
+        if not checkpoint_complete(checkpoint):
+            target = checkpoint.with_name(f"{checkpoint.name}.incomplete")
+            suffix = 1
+            while target.exists():
+                target = checkpoint.with_name(f"{checkpoint.name}.incomplete{suffix}")
+                suffix += 1
+            checkpoint.rename(target)
+            moved.append(target)
+    return moved
+
+
+def last_checkpoint_step(train_dir: Path) -> int:
+    """The step of the last checkpoint-N LLaMA-Factory would resume from (0: none)."""
+    return max((step for step, _path in checkpoints(train_dir, complete=False)), default=0)
+
+
+def weights_key(finetuning_type: str | None) -> str:
+    """The LLaMA-Factory argument that loads what a run trained: an adapter (LoRA, the default)
+    on the base, or the whole model that full and freeze fine-tuning save."""
+    return "adapter_name_or_path" if (finetuning_type or "lora") in ADAPTER_TYPES else "model_name_or_path"
+
+
+def predictions_done(out_dir: Path) -> bool:
+    """A predict output directory LLaMA-Factory finished: predictions and their results file."""
+    return (Path(out_dir) / PREDICTIONS).exists() and (Path(out_dir) / PREDICT_RESULTS).exists()
+
+
+def instruction_wrapper(split_manifest: Path | None) -> str | None:
+    """The instruction the data wrapped every question in (``... {question} ...``): the split
+    manifest's, else the imported file's meta.json beside its source; None when neither recorded one."""
+    manifest = read_json(Path(split_manifest)) if split_manifest else None
+    if not isinstance(manifest, dict):
+        return None
+    wrapper = manifest.get("instruction")
+    if not isinstance(wrapper, str) and isinstance(manifest.get("source"), str):
+        source = Path(manifest["source"])
+        meta = read_json(source.with_name(source.stem + ".meta.json"))
+        wrapper = meta.get("instruction") if isinstance(meta, dict) else None
+    return wrapper if isinstance(wrapper, str) and "{question}" in wrapper else None
+
+
 def train_done(run: Run) -> bool:
     out = run.train_dir
-    return (out / "train_results.json").exists() and any((out / name).exists() for name in WEIGHT_FILES)
+    return (out / TRAIN_RESULTS).exists() and has_weights(out)
 
 
 def predict_done(run: Run, dataset: str) -> bool:
-    out = run.path / predict_dir(dataset)
-    return (out / "generated_predictions.jsonl").exists() and (out / "predict_results.json").exists()
+    return predictions_done(run.path / predict_dir(dataset))
 
 
 def score_done(run: Run) -> bool:

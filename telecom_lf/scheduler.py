@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import executor, report, rundir
+from . import executor, processes, report, rundir
 from .errors import Failed, TlfError
 from .rundir import JOB_ID, Experiment
 
@@ -33,14 +33,16 @@ class LocalResult:
     failures: list[str]
 
 
-def run_local(experiment: Experiment, run_names: list[str], echo, warn, wait: bool = False) -> LocalResult:
+def run_local(experiment: Experiment, run_names: list[str], echo, warn, wait: bool = False,
+              worker: processes.Worker | None = None) -> LocalResult:
     """Every link of every run's chain in order, here; then the report. A failed run does not
-    stop the others; Ctrl-C does (finished steps are kept, the next call goes on)."""
+    stop the others; Ctrl-C does (finished steps are kept, the next call goes on). ``worker``:
+    the caller's LLaMA-Factory process, which each run's train and predicts are fused into."""
     failures = []
     for index, name in enumerate(run_names, start=1):
         echo(f"[{index}/{len(run_names)}] {name}")
         try:
-            executor.step(experiment.run_dir(name), ["all"], executor.Launch(quiet=True),
+            executor.step(experiment.run_dir(name), ["all"], processes.Launch(quiet=True, worker=worker),
                           echo=lambda message: echo(f"  {message}"), wait=wait)
         except executor.StepFailed as error:
             warn(f"  FAILED: {error}")
@@ -170,7 +172,8 @@ def controller_problem() -> str | None:
     if " is UP" in ping.stdout:
         return None
     said = [line for line in (ping.stdout + ping.stderr).splitlines() if line.strip() and "*" not in line]
-    return f"the Slurm controller does not answer ({said[0].strip() if said else 'scontrol ping failed'}); job states unknown"
+    reason = said[0].strip() if said else "scontrol ping failed"
+    return f"the Slurm controller does not answer ({reason}); job states unknown"
 
 
 def active_jobs(experiment: Experiment, job_names: list[str]) -> list[str]:
@@ -234,7 +237,9 @@ def _last_submission(experiment: Experiment, problems: list[str]) -> dict:
         return {}
 
 
-def status_lines(experiment: Experiment, run_names: list[str], job_names: dict[str, str]) -> tuple[list[str], str | None]:
+def status_lines(
+    experiment: Experiment, run_names: list[str], job_names: dict[str, str]
+) -> tuple[list[str], str | None]:
     """Per run: its state, which artifacts exist, its jobs and their states, and for a failed run
     the cause and the log it was read from; and what kept job states from being known, if anything."""
     problems: list[str] = []

@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import rundir
 from .errors import TlfError
 
 LONG_THRESHOLD = 10
@@ -217,7 +218,7 @@ def score_rows(rows: list[Row], long_threshold: int = LONG_THRESHOLD,
 def categories_for(manifest_path: Path, split: str) -> list[str]:
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
-        manifest_path = manifest_path / "split_manifest.json"
+        manifest_path = manifest_path / rundir.SPLIT_MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as error:

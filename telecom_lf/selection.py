@@ -24,14 +24,8 @@ RESUME_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
 
 
 def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
-    """(step, directory) of every complete checkpoint-N (trainer_state.json and weights), by step."""
-    found = []
-    for path in train_dir.glob("checkpoint-*"):
-        suffix = path.name.split("-", 1)[1]
-        if path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").exists() and any(
-                (path / name).exists() for name in rundir.WEIGHT_FILES):
-            found.append((int(suffix), path))
-    return sorted(found)
+    """(step, directory) of every complete checkpoint-N, by step (rundir's definition)."""
+    return rundir.checkpoints(train_dir, complete=True)
 
 
 def output_dir(run: Run, step: int) -> Path:
@@ -39,15 +33,14 @@ def output_dir(run: Run, step: int) -> Path:
 
 
 def predicted(run: Run, step: int) -> bool:
-    out = output_dir(run, step)
-    return (out / "generated_predictions.jsonl").exists() and (out / "predict_results.json").exists()
+    return rundir.predictions_done(output_dir(run, step))
 
 
 def scores(run: Run, step: int) -> dict:
     """tlf's scores of one checkpoint's dev predictions, with the epoch it was saved at."""
-    rows = score.read_predictions(output_dir(run, step) / "generated_predictions.jsonl").rows
+    rows = score.read_predictions(output_dir(run, step) / rundir.PREDICTIONS).rows
     result = score.score_rows(rows)
-    state = rundir.read_json(run.train_dir / f"checkpoint-{step}" / "trainer_state.json")
+    state = rundir.read_json(run.train_dir / f"checkpoint-{step}" / rundir.TRAINER_STATE)
     epoch = state.get("epoch") if isinstance(state, dict) else None
     return {"step": step, "epoch": epoch, **result}
 

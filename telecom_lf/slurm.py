@@ -17,8 +17,8 @@ from pathlib import Path
 import jinja2
 
 from . import __version__, guard
-from .errors import TlfError
 from .cluster import SBATCH_VALUE, Profile, resource_dir
+from .errors import TlfError
 from .rundir import ARRAY_SCRIPT, JOB_SCRIPT, LOGS, REPORT_SCRIPT, SUBMIT_SCRIPT, chain
 from .spec import Spec
 
@@ -110,12 +110,12 @@ def _step_context(profile: Profile) -> dict:
 
 def job_files(spec: Spec, run, run_dir: Path) -> dict[str, bytes]:
     """``job.sbatch`` (and the logs directory) for one run; nothing without a cluster profile."""
-    profile = spec.profile
+    profile = spec.cluster.profile
     if profile is None:
         return {}
     script = _environment().get_template("job.sbatch.j2").render(
         **_step_context(profile), tlf_version=__version__, spec_path=str(spec.path), run_name=run.name,
-        script_path=str(run_dir / JOB_SCRIPT), predict_sets=spec.predict_sets,
+        script_path=str(run_dir / JOB_SCRIPT), predict_sets=spec.data.predict,
         selects=spec.select is not None and run.train_args is not None,
         sbatch_lines=sbatch_lines(profile, job_name(spec, run.name), run_dir / LOGS), run_dir=str(run_dir))
     return {JOB_SCRIPT: script.encode("utf-8"), f"{LOGS}/.keep": b""}
@@ -132,8 +132,9 @@ def _shell_chain(run_name: str, links: list) -> tuple[str, list[dict], str]:
 
 def probe_script(spec: Spec, where: Path, request: Path) -> bytes:
     """One job that answers a prepared probe (``tlf probe --submit``)."""
-    one_card = dataclasses.replace(spec.profile, nodes=1, gpus_per_node=min(1, spec.profile.gpus_per_node),
-                                   requeue=False)   # a probe is short: no requeue, no resume
+    one_card = dataclasses.replace(
+        spec.cluster.profile, nodes=1, gpus_per_node=min(1, spec.cluster.profile.gpus_per_node), requeue=False
+    )   # a probe is short: no requeue, no resume
     script = _environment().get_template("probe.sbatch.j2").render(
         **_step_context(one_card), tlf_version=__version__, spec_path=str(spec.path),
         sbatch_lines=sbatch_lines(one_card, job_name(spec, "probe"), where), request=str(request))
@@ -142,15 +143,15 @@ def probe_script(spec: Spec, where: Path, request: Path) -> bytes:
 
 def experiment_files(spec: Spec, runs: list, root: Path) -> dict[Path, bytes]:
     """The sweep's job array, the report job and a plain ``submit.sh`` (pure)."""
-    profile = spec.profile
+    profile = spec.cluster.profile
     if profile is None:
         return {}
     env = _environment()
     run_names = [r.name for r in runs]
     common = dict(**_step_context(profile), tlf_version=__version__, spec_path=str(spec.path), root=str(root),
-                  run_names=run_names, predict_sets=spec.predict_sets)
+                  run_names=run_names, predict_sets=spec.data.predict)
     array = f"0-{len(run_names) - 1}%{profile.array_parallel}"
-    chains = [_shell_chain(r.name, chain(r.train_args is not None, spec.predict_sets, spec.select is not None))
+    chains = [_shell_chain(r.name, chain(r.train_args is not None, spec.data.predict, spec.select is not None))
               for r in runs]
     report_lines = [line for line in sbatch_lines(profile, job_name(spec, "report"), root / LOGS, gpus=False)
                     if not line.startswith(("--requeue", "--signal", "--open-mode"))]

@@ -10,7 +10,6 @@ rendered predict YAML is the source, as it is for the predict step itself.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from .rundir import Run
 MODEL_KEYS = ("model_name_or_path", "adapter_name_or_path", "template", "finetuning_type", "trust_remote_code")
 GENERATING_KEYS = ("do_sample", "temperature", "top_p", "top_k", "num_beams", "max_length", "max_new_tokens",
                    "repetition_penalty", "length_penalty", "skip_special_tokens", "enable_thinking")
-CHECKPOINT = re.compile(r"^checkpoint-([0-9]+)$")
 
 
 @dataclass(frozen=True)
@@ -79,14 +77,8 @@ def predict_config(run: Run, model_args: dict, changes: dict, dataset: str | Non
 
 
 def checkpoints(run: Run) -> list[int]:
-    """Steps of the run's saved checkpoints that hold weights, in order."""
-    steps = []
-    if run.train_dir.is_dir():
-        for child in run.train_dir.iterdir():
-            match = CHECKPOINT.match(child.name)
-            if match and any((child / name).exists() for name in rundir.WEIGHT_FILES):
-                steps.append(int(match.group(1)))
-    return sorted(steps)
+    """Steps of the run's complete checkpoints (rundir's definition), in order."""
+    return [step for step, _path in rundir.checkpoints(run.train_dir, complete=True)]
 
 
 def _adapter_dir(run: Run, checkpoint: str | None) -> tuple[Path, str]:
@@ -101,9 +93,11 @@ def _adapter_dir(run: Run, checkpoint: str | None) -> tuple[Path, str]:
         return run.train_dir, run.name
     if checkpoint == "best":
         if chosen is None:
-            raise TlfError("--checkpoint best needs a checkpoint selection (`select:` in the spec)"
-                           + (" that has finished (`tlf step RUN select`)" if run.select else ", which this run does not have")
-                           + "; give a step number, or leave it out for the final adapter")
+            raise TlfError(
+                "--checkpoint best needs a checkpoint selection (`select:` in the spec)"
+                + (" that has finished (`tlf step RUN select`)" if run.select else ", which this run does not have")
+                + "; give a step number, or leave it out for the final adapter"
+            )
         return run.path / rundir.SELECTED, f"{run.name}@checkpoint-{chosen} (selected)"
     valid = checkpoints(run)
     listing = ", ".join(map(str, valid)) or "none kept"
@@ -126,10 +120,7 @@ def resolve(run: Run, checkpoint: str | None = None, base: bool = False) -> RunM
         args["model_name_or_path"] = run.model_path
     elif run.trains:
         adapter, label = _adapter_dir(run, checkpoint)
-        if config.get("finetuning_type", "lora") == "lora":
-            args["adapter_name_or_path"] = str(adapter)
-        else:
-            args["model_name_or_path"] = str(adapter)   # full/freeze fine-tuning saves a whole model
+        args[rundir.weights_key(config.get("finetuning_type"))] = str(adapter)
     elif checkpoint is not None:
         raise TlfError(f"run {run.name} trains nothing (it predicts with the base model): no checkpoints")
     if "model_name_or_path" not in args:
@@ -148,17 +139,8 @@ def infer_args(model: RunModel) -> dict:
 
 
 def instruction_wrapper(run: Run) -> str | None:
-    """The instruction template the run's data was written with (``... {question} ...``), read
-    from the split manifest or the imported file's meta; None when the data did not record one."""
-    manifest = rundir.read_json(run.split_manifest) if run.split_manifest else None
-    if not isinstance(manifest, dict):
-        return None
-    wrapper = manifest.get("instruction")
-    if not isinstance(wrapper, str) and isinstance(manifest.get("source"), str):
-        source = Path(manifest["source"])
-        meta = rundir.read_json(source.with_name(source.stem + ".meta.json"))
-        wrapper = meta.get("instruction") if isinstance(meta, dict) else None
-    return wrapper if isinstance(wrapper, str) and "{question}" in wrapper else None
+    """The instruction template the run's data was written with (rundir's lookup)."""
+    return run.instruction_wrapper
 
 
 def wrap(model: RunModel, question: str, raw: bool = False) -> str:
@@ -173,10 +155,10 @@ def wrap(model: RunModel, question: str, raw: bool = False) -> str:
 
 def dataset_rows(dataset_dir: Path, name: str) -> list[dict]:
     """The Alpaca records of a set registered in ``dataset_dir/dataset_info.json``."""
-    info = rundir.read_json(dataset_dir / "dataset_info.json")
+    info = rundir.read_json(dataset_dir / rundir.DATASET_INFO)
     if not isinstance(info, dict) or not isinstance(info.get(name), dict):
         known = ", ".join(sorted(info)) if isinstance(info, dict) else "none"
-        raise TlfError(f"data set {name!r} is not registered in {dataset_dir / 'dataset_info.json'}; "
+        raise TlfError(f"data set {name!r} is not registered in {dataset_dir / rundir.DATASET_INFO}; "
                        f"registered: {known[:400]}")
     file_name = info[name].get("file_name")
     path = (dataset_dir / str(file_name)).resolve()

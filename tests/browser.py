@@ -78,7 +78,9 @@ class Page:
             details = params.get("exceptionDetails", {})
             self.errors.append(f"exception: {details.get('exception', {}).get('description') or details.get('text')}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            self.errors.append(
+                "console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            )
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             self.errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
 
@@ -87,7 +89,7 @@ class Page:
         async def drain():
             try:
                 await self._until(lambda _message: False, seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self.loop.run_until_complete(drain())
 

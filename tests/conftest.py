@@ -26,6 +26,25 @@ BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("TLF_TEST_CACHE", REPO / ".cache" / "tests"))
 
 
+KINDS = ("unit", "integration", "slurm")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is of one kind: unit unless it says integration (the real LLaMA-Factory) or slurm
+    (the real local Slurm), so ``-m unit`` never starts a training. A test marked as two kinds
+    (a module's ``pytestmark`` and its own marker, say) is refused at collection."""
+    both = []
+    for item in items:
+        kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+        if len(kinds) > 1:
+            both.append(f"{item.nodeid}: {', '.join(sorted(kinds))}")
+        elif not kinds:
+            item.add_marker(pytest.mark.unit)
+    if both:
+        raise pytest.UsageError("tests marked as more than one kind (unit, integration, slurm are exclusive):\n  "
+                                + "\n  ".join(both))
+
+
 def tlf_bin() -> str:
     return str(BIN / "tlf")
 
@@ -80,6 +99,14 @@ def run_llamafactory(config: dict, workdir: Path, name: str = "cfg", timeout: in
     return result
 
 
+def run_manifest(**fields):
+    """A run's manifest record with ``fields`` set and the rest as a minimal rendered run has them."""
+    from telecom_lf import records
+
+    base = {"predict_sets": [], "files": {}, "model": {"name": "m", "path": "/m"}, "dataset_dir": "/d"}
+    return records.Manifest.from_json({**base, **fields}, "test manifest")
+
+
 def exact_match(predictions: Path) -> float:
     rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line]
     return sum(r["predict"].strip() == r["label"].strip() for r in rows) / len(rows)
@@ -118,7 +145,9 @@ class Terminal:
         start = self.cursor
         while text.encode() not in self.screen[start:]:
             if time.monotonic() > end:
-                raise AssertionError(f"no {text!r} on the screen after {timeout} s:\n{self.screen.decode(errors='replace')[-3000:]}")
+                raise AssertionError(
+                    f"no {text!r} on the screen after {timeout} s:\n{self.screen.decode(errors='replace')[-3000:]}"
+                )
             ready, _, _ = select.select([self.fd], [], [], 0.5)
             if ready:
                 try:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -29,14 +28,35 @@ def test_render_benchmark_small(tmp_path):
 
 
 def test_train_benchmark_small(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_bench.py"), "--shape", "tiny",
-                           "--steps", "3", "--variants", "written", "fast", "fast-micro32", "fast-16gb", "fast-peft-dora",
-                           "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_bench.py"),
+            "--shape",
+            "tiny",
+            "--steps",
+            "3",
+            "--variants",
+            "written",
+            "fast",
+            "fast-micro32",
+            "fast-16gb",
+            "fast-peft-dora",
+            "--json",
+            str(tmp_path / "t.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "t.json").read_text())["results"]
     assert results["tlf speed: fast"]["micro_batch"] == 64 and results["tlf speed: fast"]["accumulation"] == 1
-    assert results["blog flags as written"]["micro_batch"] == 8 and results["blog flags as written"]["accumulation"] == 8
-    assert results["fast, micro 32 x GA 2"]["micro_batch"] == 32 and results["fast, micro 32 x GA 2"]["accumulation"] == 2
+    assert (
+        results["blog flags as written"]["micro_batch"] == 8 and results["blog flags as written"]["accumulation"] == 8
+    )
+    assert (
+        results["fast, micro 32 x GA 2"]["micro_batch"] == 32 and results["fast, micro 32 x GA 2"]["accumulation"] == 2
+    )
     # A 16 GB card without liger_kernel installed (this machine): half the rows per micro-batch.
     assert results["fast, 16 GB card"]["micro_batch"] == 32 and results["fast, 16 GB card"]["accumulation"] == 2
     assert results["fast, PEFT's DoRA"]["micro_batch"] == 64   # the same fast profile, PEFT's DoRA forward

@@ -5,13 +5,28 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import tlf_bin
+
 from telecom_lf import __version__
 
 pytestmark = pytest.mark.unit
-COMMANDS = ["chat", "data", "demo", "diff", "export", "model", "probe", "render", "report", "run", "score", "spec", "status",
-            "step", "submit"]
+COMMANDS = [
+    "chat",
+    "data",
+    "demo",
+    "diff",
+    "export",
+    "model",
+    "probe",
+    "render",
+    "report",
+    "run",
+    "score",
+    "spec",
+    "status",
+    "step",
+    "submit",
+]
 
 
 def run(*args) -> subprocess.CompletedProcess:
@@ -53,6 +68,7 @@ def test_tlf_lf_help_prints_usage():
 
 def test_spec_help_keys_lists_the_schema_and_the_readme_table_is_generated_from_it():
     from conftest import REPO
+
     from telecom_lf import spec
 
     result = run("spec", "--help-keys")

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, run_llamafactory, tlf_bin
-from telecom_lf import data, synth
 
-pytestmark = pytest.mark.unit
+from telecom_lf import data, synth
+from telecom_lf.errors import TlfError
+from telecom_lf.fsutil import sha256_file
+
+# unit unless marked otherwise (conftest: kinds are exclusive)
 UPSTREAM_INFO = REPO / "tests" / "fixtures" / "llamafactory-0.9.5-dataset_info.json"
 
 
@@ -38,8 +40,10 @@ def write_raw(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8", 
     return path
 
 
-BLOG_ROWS = [("9元百度专属定向流量包如何取消", "取消方式_68"),
-             ("你告诉我7天5g视频会员流量包怎么开通，多少钱", "业务简介_111|9.9|11.9|开通方式_98|业务简介_109|开通方式_97")]
+BLOG_ROWS = [
+    ("9元百度专属定向流量包如何取消", "取消方式_68"),
+    ("你告诉我7天5g视频会员流量包怎么开通，多少钱", "业务简介_111|9.9|11.9|开通方式_98|业务简介_109|开通方式_97"),
+]
 
 
 def test_synth_is_deterministic_and_shaped_like_the_competition():
@@ -82,7 +86,7 @@ def test_import_writes_the_blogs_instruction_byte_for_byte(tmp_path, suffix, enc
     raw = write_raw(tmp_path / f"raw{suffix}", BLOG_ROWS, encoding or "utf-8")
     tlf("data", "import", raw, "--out", tmp_path / "out")
     records = json.loads((tmp_path / "out" / "telecom_all.json").read_text(encoding="utf-8"))
-    expected = "回答中国电信手机用户的问题,9元百度专属定向流量包如何取消,应该怎么做？".encode("utf-8")
+    expected = "回答中国电信手机用户的问题,9元百度专属定向流量包如何取消,应该怎么做？".encode()
     assert records[0]["instruction"].encode("utf-8") == expected
     assert records[0] == {"instruction": expected.decode(), "input": "", "output": "取消方式_68"}
     assert records[1]["output"] == BLOG_ROWS[1][1]
@@ -134,7 +138,7 @@ def test_split_is_balanced_nested_disjoint_and_deterministic(tmp_path):
     assert not rows["telecom_dev_200"] & (rows["telecom_train_all"] | rows["telecom_test_100"])
     assert len(rows["telecom_test_100"] | rows["telecom_dev_200"] | rows["telecom_train_all"]) == total
     for name, split in splits.items():
-        assert data.sha256_file(out / split["file"]) == split["sha256"]
+        assert sha256_file(out / split["file"]) == split["sha256"]
     first = {p.name: p.read_bytes() for p in out.glob("telecom_*.json")}
     shutil.rmtree(out)
     _split(tmp_path)
@@ -263,7 +267,7 @@ def test_impossible_splits_write_nothing(tmp_path, args, expected):
 
 def test_class_too_small_for_the_split():
     # Per-class quotas beyond what a class has left are refused with the class named.
-    with pytest.raises(data.TlfError, match="class 'b' is too small for the requested split: needs 5 rows, 2 left"):
+    with pytest.raises(TlfError, match="class 'b' is too small for the requested split: needs 5 rows, 2 left"):
         data.largest_remainder(10, {"a": 5, "b": 5}, {"a": 5, "b": 2})
 
 

@@ -9,7 +9,6 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import tlf_bin
 
 pytestmark = pytest.mark.integration
@@ -45,7 +44,7 @@ def test_demo_learns_what_the_blog_found_and_a_second_run_prints_the_same_table(
         logs += [out / "runs" / "demo" / run / "logs" / f"{step}.log"
                  for step in ("train", "predict-telecom_train_100", "predict-telecom_test_100")]
     for log in logs:
-        lines = re.findall(r"^tlf-lf chain: (.+) \(process (\d+)\)$", log.read_text(errors="replace"), re.M)
+        lines = re.findall(r"^tlf-lf serve: (.+) \(process (\d+)\)$", log.read_text(errors="replace"), re.M)
         assert len(lines) == 1 and lines[0][0].endswith(log.stem + ".yaml"), (log, lines)
         processes.add(lines[0][1])
     assert len(processes) == 1, processes

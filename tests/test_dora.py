@@ -8,14 +8,23 @@ import torch
 
 from telecom_lf import dora
 
-pytestmark = pytest.mark.unit
+# unit unless marked otherwise (conftest: kinds are exclusive)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @pytest.fixture(autouse=True)
 def peft_forward_afterwards():
     yield
-    dora.install(False)
+    _install(False)
+
+
+def _install(fast: bool) -> None:
+    """Put the forward under test in place, and check it is there: on a PEFT that tlf's forward
+    was not tested with, install(True) keeps PEFT's and says so, and both arms would be PEFT's."""
+    from peft.tuners.lora.variants import DoraLinearVariant
+
+    assert dora.install(fast) is None, "tlf's DoRA forward refused this PEFT: the comparison would be PEFT with itself"
+    assert (DoraLinearVariant.forward is dora.fast_variant_forward) == fast
 
 
 def _model(tiny_gemma, rslora: bool, dropout: float, checkpointing: bool = False):
@@ -38,7 +47,7 @@ def _train(tiny_gemma, fast: bool, rslora: bool, dropout: float, steps: int = 20
     LoRA+'s learning-rate ratio on B; returns the loss per step and the trainable parameters.
     Fused AdamW by default: transformers' default on this torch, and it updates parameters
     without bumping their version counters."""
-    dora.install(fast)
+    _install(fast)
     model = _model(tiny_gemma, rslora, dropout, checkpointing)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([
@@ -87,7 +96,7 @@ class _Block(torch.nn.Module):
 def _outputs_and_gradients(fast: bool, bias: bool, dropout: float, training: bool, base_dtype=torch.float32):
     from peft import LoraConfig, get_peft_model
 
-    dora.install(fast)
+    _install(fast)
     torch.manual_seed(0)
     block = get_peft_model(_Block(bias, base_dtype), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
                                                                 use_dora=True, target_modules=["q_proj"]))
@@ -144,7 +153,7 @@ def test_bf16_autocast_loss_curve_agrees(tiny_gemma):
 
 
 def test_the_norm_is_computed_once_per_optimiser_step_and_without_an_identity(tiny_gemma):
-    dora.install(True)
+    _install(True)
     model = _model(tiny_gemma, True, 0.0)
     ids = torch.randint(3, 700, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.profiler.profile() as warm:
@@ -162,13 +171,13 @@ def test_the_norm_is_computed_once_per_optimiser_step_and_without_an_identity(ti
 
 
 def test_torch_compile_traces_the_forward_without_graph_breaks(tiny_gemma):
-    dora.install(True)
+    _install(True)
     model = _model(tiny_gemma, True, 0.1)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     x = torch.randn(2, 5, layer.in_features)
     explained = torch._dynamo.explain(layer)(x)
     assert explained.graph_break_count == 0, explained.break_reasons
-    dora.install(False)
+    _install(False)
     torch._dynamo.reset()
     assert torch._dynamo.explain(layer)(x).graph_break_count > 0   # PEFT's own forward breaks (str.startswith)
 

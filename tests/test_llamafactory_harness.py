@@ -8,7 +8,6 @@ import json
 from collections import Counter
 
 import pytest
-
 from conftest import add_dataset, exact_match, run_llamafactory
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import spec_file, tlf_bin
 
 pytestmark = pytest.mark.integration
@@ -95,22 +94,6 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
     assert r4.row["samples_per_s"] < last["train_samples_per_second"]
 
 
-@pytest.mark.unit
-def test_incomplete_checkpoints_are_set_aside_not_deleted(tmp_path):
-    from telecom_lf.executor import set_aside_incomplete_checkpoints
-
-    for step, files in ((10, ["adapter_model.safetensors", "trainer_state.json"]),
-                        (20, ["adapter_model.safetensors"]),   # killed before trainer_state.json
-                        (30, [])):                              # killed right after mkdir
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        for name in files:
-            (tmp_path / f"checkpoint-{step}" / name).write_text("x")
-    moved = set_aside_incomplete_checkpoints(tmp_path)
-    assert sorted(p.name for p in moved) == ["checkpoint-20.incomplete", "checkpoint-30.incomplete"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20.incomplete",
-                                                          "checkpoint-30.incomplete"]
-
-
 def test_two_launchers_on_one_run_exactly_one_trains(tiny_gemma, telecom_dir, tmp_path):
     """A second `tlf run` of the same spec while the first trains: refused at once, naming the
     holder; the first finishes and its trainer log holds each step once."""
@@ -136,41 +119,6 @@ def test_two_launchers_on_one_run_exactly_one_trains(tiny_gemma, telecom_dir, tm
     assert waited.returncode == 0 and "done already, skipped" in waited.stdout
 
 
-@pytest.mark.unit
-def test_the_progress_line_after_a_resume_is_this_jobs_own(tmp_path):
-    """Before the resumed job logs a step, the last line of trainer_log.jsonl is the killed job's:
-    it must not be shown as current; and the ETA comes from the resumed job's own pace, not from
-    LLaMA-Factory's (this segment's time divided by every step since the start)."""
-    from telecom_lf.executor import Progress, _progress_line
-
-    log = tmp_path / "trainer_log.jsonl"
-    old = {"current_steps": 60, "total_steps": 100, "percentage": 60.0, "elapsed_time": "0:01:00",
-           "remaining_time": "0:00:40", "loss": 1.5}
-    log.write_text(json.dumps(old) + "\n")
-    progress = Progress.resuming(log, "train", start_step=60)
-    assert _progress_line(progress) is None
-    with log.open("a") as handle:   # 10 steps in 20 s: 30 steps left take 60 s (LLaMA-Factory says 0:00:04)
-        handle.write(json.dumps({**old, "current_steps": 70, "percentage": 70.0, "elapsed_time": "0:00:20",
-                                 "remaining_time": "0:00:04"}) + "\n")
-    line = _progress_line(progress)
-    assert "(70/100 steps)" in line and line.endswith("ETA 0:01:00")
-
-
-@pytest.mark.unit
-def test_no_eta_before_a_whole_second_has_passed(tmp_path):
-    """The demo printed 'elapsed 0:00:00, ETA 0:00:00' at 1% of a 44 s run: LLaMA-Factory logs
-    whole seconds, so at first there is no pace to estimate from."""
-    from telecom_lf.executor import Progress, _progress_line
-
-    log = tmp_path / "trainer_log.jsonl"
-    entry = {"current_steps": 20, "total_steps": 1764, "percentage": 1.1, "elapsed_time": "0:00:00",
-             "remaining_time": "0:00:00"}
-    log.write_text(json.dumps(entry) + "\n")
-    assert _progress_line(Progress(log, "train", 0, 0)).endswith("elapsed 0:00:00, ETA ?")
-    log.write_text(json.dumps({**entry, "elapsed_time": "0:00:02"}) + "\n")
-    assert _progress_line(Progress(log, "train", 0, 0)).endswith("ETA 0:02:54")
-
-
 def test_one_process_per_run_keeps_each_steps_log_and_record_and_stops_at_a_failure(tiny_gemma, telecom_dir,
                                                                                      tmp_path):
     """`tlf run` gives a run's train and predicts to one LLaMA-Factory process (`tlf-lf serve`).
@@ -194,7 +142,7 @@ def test_one_process_per_run_keeps_each_steps_log_and_record_and_stops_at_a_fail
     assert states["predict-telecom_train_100"]["cause"] == "not run: predict-telecom_test_100 failed before it"
     for step in ("train", "predict-telecom_test_100"):
         log = (run_dir / "logs" / f"{step}.log").read_text(encoding="utf-8", errors="replace")
-        assert f"tlf-lf chain: {run_dir / (step + '.yaml')} (process " in log
+        assert f"tlf-lf serve: {run_dir / (step + '.yaml')} (process " in log
     assert "Running training" not in (run_dir / "logs" / "predict-telecom_test_100.log").read_text(errors="replace")
     adapter = run_dir / "train" / "adapter_model.safetensors"
     trained = adapter.stat().st_mtime_ns

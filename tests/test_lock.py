@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import spec_file, tlf_bin
+
 from telecom_lf import lock
 from telecom_lf.errors import TlfError
 

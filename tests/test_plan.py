@@ -33,7 +33,9 @@ def load(tmp_path):
 
 
 def test_grid_times_zip_in_a_stable_order(load):
-    runs = load("{grid: {lora_rank: [4, 16]}, zip: [{lora_target: [q_proj, 'q_proj,v_proj'], lora_dropout: [0.1, 0.0]}]}")
+    runs = load(
+        "{grid: {lora_rank: [4, 16]}, zip: [{lora_target: [q_proj, 'q_proj,v_proj'], lora_dropout: [0.1, 0.0]}]}"
+    )
     assert [r.name for r in runs] == ["r4-q-d0.1", "r4-qv-d0", "r16-q-d0.1", "r16-qv-d0"]
     assert runs[1].train_args["lora_target"] == "q_proj,v_proj" and runs[1].train_args["lora_dropout"] == 0.0
 

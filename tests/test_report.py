@@ -54,7 +54,9 @@ def make_run(root: Path, data: Path, name: str, right: int = 0, rows: int = 10, 
     lines = [{"prompt": r["instruction"], "label": r["output"] + "\n",
               "predict": r["output"] if i < right else (answer if answer is not None else f"wrong {i}")}
              for i, r in enumerate(records)]
-    (predict / "generated_predictions.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    (predict / "generated_predictions.jsonl").write_text(
+        "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+    )
     (predict / "predict_results.json").write_text("{}")
     rows_ = score.read_predictions(predict / "generated_predictions.jsonl").rows
     scored = score.score_rows(rows_, categories=score.categories_for(data, SET))
@@ -80,7 +82,9 @@ def vary_study(tmp_path, telecom_dir):
              "varied": {"use_dora": True}},
             {"name": "upstream-defaults", "point": {"lora_rank": 8, "use_dora": False}, "baseline": True,
              "label": "LLaMA-Factory defaults"}]
-    make_experiment(root, runs, [{"kind": "vary", "arguments": ["lora_rank"]}, {"kind": "vary", "arguments": ["use_dora"]}])
+    make_experiment(
+        root, runs, [{"kind": "vary", "arguments": ["lora_rank"]}, {"kind": "vary", "arguments": ["use_dora"]}]
+    )
     for name, right in (("r4", 3), ("r8", 5), ("r4-dora", 2), ("upstream-defaults", 1)):
         make_run(root, telecom_dir, name, right=right, log=_log(range(5, 45, 5)))
     return root
@@ -113,7 +117,7 @@ def test_every_ab_plot_holds_the_base_point_and_a_labelled_baseline(vary_study, 
 
 def _capture(monkeypatch) -> list:
     figures = []
-    monkeypatch.setattr(report, "_png", lambda figure: figures.append(figure) or b"png")
+    monkeypatch.setattr(report.plots_module, "_png", lambda figure: figures.append(figure) or b"png")
     return figures
 
 
@@ -271,9 +275,19 @@ def test_hostile_answers_stay_text_in_the_page(tmp_path, telecom_dir):
 def test_an_old_experiment_record_without_axes_still_reports(tmp_path, telecom_dir):
     root = tmp_path / "e"
     root.mkdir()
-    (root / rundir.EXPERIMENT).write_text(json.dumps({"experiment": "e", "spec": "s", "predict_sets": [SET],
-                                                      "runs": [{"name": "r2", "varied": {"lora_rank": 2}, "baseline": False},
-                                                               {"name": "r4", "varied": {"lora_rank": 4}, "baseline": False}]}))
+    (root / rundir.EXPERIMENT).write_text(
+        json.dumps(
+            {
+                "experiment": "e",
+                "spec": "s",
+                "predict_sets": [SET],
+                "runs": [
+                    {"name": "r2", "varied": {"lora_rank": 2}, "baseline": False},
+                    {"name": "r4", "varied": {"lora_rank": 4}, "baseline": False},
+                ],
+            }
+        )
+    )
     make_run(root, telecom_dir, "r2", right=1)
     make_run(root, telecom_dir, "r4", right=2)
     written = report.write_report(root)
@@ -323,8 +337,9 @@ def test_the_page_in_chromium_sorts_filters_and_shows_no_error(vary_study, brows
                       set('f-a', '1'); set('f-a-is', 'right'); set('f-b', '0'); set('f-b-is', 'wrong'); })()""")
     assert page.evaluate(shown) == 2
     assert page.evaluate("document.getElementById('f-count').textContent") == "2 of 10 rows"
-    assert page.evaluate("Array.from(document.querySelectorAll('#questions tbody tr')).map(r => r.cells[0].textContent)") \
-        == ["4", "5"]
+    assert page.evaluate(
+        "Array.from(document.querySelectorAll('#questions tbody tr')).map(r => r.cells[0].textContent)"
+    ) == ["4", "5"]
     page.click("#f-long")                                                            # long answers only
     labels = [q["label"] for q in report.gather(vary_study).questions[SET][3:5]]
     assert page.evaluate(shown) == sum(len(label.strip()) > 10 for label in labels)

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import spec_file, tlf_bin
 
 pytestmark = pytest.mark.unit
@@ -77,17 +76,26 @@ def test_submit_sh_walks_the_same_chain_and_kills_on_invalid_dependencies(tiny_g
     assert "chained: train 100 predict-telecom_test_100 101" in done.stdout
 
 
-@pytest.mark.parametrize("extra,message", [
-    ("cluster: nosuchprofile\n", "unknown cluster profile 'nosuchprofile'; known: dcu, local-test, nvidia"),
-    ("slurm: {partition: 'debug; rm -rf /'}\n", "partition: 'debug; rm -rf /' has characters"),
-    ("slurm: {qos: \"$(touch /tmp/pwned)\"}\n", "qos: '$(touch /tmp/pwned)' has characters"),
-    ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
-    ("slurm: {extra_sbatch: [\"--exclusive\\n#SBATCH --x\"]}\n", "extra_sbatch: '--exclusive\\n#SBATCH --x' holds a newline"),
-    ("slurm: {setup: 'source env.sh'}\n", "slurm.setup: expected a list"),
-    # a spec's own bad value is named by the spec's file, line and key, not by the profile's file
-    ("slurm:\n  gpu_memory_gb: lots\n", "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a number of GB above 0"),
-    ("slurm:\n  partiton: debug\n", "hostile.yaml:{line}: slurm.partiton: unknown key"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("cluster: nosuchprofile\n", "unknown cluster profile 'nosuchprofile'; known: dcu, local-test, nvidia"),
+        ("slurm: {partition: 'debug; rm -rf /'}\n", "partition: 'debug; rm -rf /' has characters"),
+        ('slurm: {qos: "$(touch /tmp/pwned)"}\n', "qos: '$(touch /tmp/pwned)' has characters"),
+        ("slurm: {partiton: debug}\n", "did you mean 'partition'"),
+        (
+            'slurm: {extra_sbatch: ["--exclusive\\n#SBATCH --x"]}\n',
+            "extra_sbatch: '--exclusive\\n#SBATCH --x' holds a newline",
+        ),
+        ("slurm: {setup: 'source env.sh'}\n", "slurm.setup: expected a list"),
+        # a spec's own bad value is named by the spec's file, line and key, not by the profile's file
+        (
+            "slurm:\n  gpu_memory_gb: lots\n",
+            "hostile.yaml:{line}: slurm.gpu_memory_gb: expected a number of GB above 0",
+        ),
+        ("slurm:\n  partiton: debug\n", "hostile.yaml:{line}: slurm.partiton: unknown key"),
+    ],
+)
 def test_hostile_or_unknown_profile_values_are_refused(tiny_gemma, telecom_dir, tmp_path, extra, message):
     spec = spec_file(tmp_path / "hostile.yaml", tiny_gemma, telecom_dir, extra=extra)
     if extra.startswith("cluster:"):
@@ -131,7 +139,9 @@ def test_submit_sh_puts_the_select_job_between_train_and_predict(tiny_gemma, tel
     run = tmp_path / "runs" / "sel" / "sel"
     assert "sbatch " + str(run / "job.sbatch") + " select" in (run / "job.sbatch").read_text()
     env, calls = _recording_sbatch(tmp_path)
-    done = subprocess.run(["bash", str(tmp_path / "runs" / "sel" / "submit.sh")], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["bash", str(tmp_path / "runs" / "sel" / "submit.sh")], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     lines = calls.read_text().splitlines()
     assert lines[0].endswith("job.sbatch train")

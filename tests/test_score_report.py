@@ -7,11 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import tlf_bin
+
 from telecom_lf import score
 
-pytestmark = pytest.mark.unit
+# unit unless marked otherwise (conftest: kinds are exclusive)
 
 
 def tlf(*args, check=True) -> subprocess.CompletedProcess:
@@ -68,7 +68,7 @@ def test_bleu_rouge_equal_llamafactorys_own_metric_code():
     pairs = [("取消方式_68", "取消方式_68\n"), ("业务简介_111|9.9", "业务简介_111|9.9|11.9|开通方式_98\n"),
              ("", "开通方式_97\n"), ("开通方式_1", "取消方式_2\n"), ("取消方式_68", "取消方式_68\n")]
     upstream = score.llamafactory_similarity(pairs)
-    ours = score.score_rows([score.Row(i, p, l) for i, (p, l) in enumerate(pairs)])
+    ours = score.score_rows([score.Row(i, p, x) for i, (p, x) in enumerate(pairs)])
     for key in ("bleu-4", "rouge-1", "rouge-2", "rouge-l"):
         assert ours[key] == pytest.approx(upstream[key], abs=1e-4), key
 
@@ -77,7 +77,7 @@ BAD = {
     "malformed JSON": (b'{"predict": "a", "label": "a"}\n{"predict": "a", "lab\n', "line 2", "not valid JSON"),
     "missing key": (b'{"predict": "a", "label": "a"}\n{"predict": "b"}\n', "line 2", "missing key(s) ['label']"),
     "empty file": (b"", "", "no predictions to score"),
-    "non-UTF-8": ('{"predict": "a", "label": "a"}\n'.encode() + '{"predict": "取消", "label": "a"}\n'.encode("gbk"),
+    "non-UTF-8": (b'{"predict": "a", "label": "a"}\n' + '{"predict": "取消", "label": "a"}\n'.encode("gbk"),
                   "line 2", "not UTF-8"),
     "NaN": (b'{"predict": "a", "label": "a"}\n{"predict": NaN, "label": "a"}\n', "line 2", "NaN"),
     "not strings": (b'{"predict": 1, "label": "a"}\n', "line 1", "must be strings"),

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tlf_bin
+
 from telecom_lf import rundir, selection
 
 
@@ -23,30 +23,39 @@ def tlf(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.unit
+
 def test_the_best_score_wins_and_a_tie_goes_to_the_earlier_step():
     scored = [{"step": 10, "acc": 20.0}, {"step": 20, "acc": 35.0}, {"step": 30, "acc": 35.0}, {"step": 40, "acc": 5.0}]
     assert selection.choose(scored, "acc")["step"] == 20
-    assert selection.choose([{"step": 1, "long_recall": None}, {"step": 2, "long_recall": 0.0}], "long_recall")["step"] == 2
+    assert (
+        selection.choose([{"step": 1, "long_recall": None}, {"step": 2, "long_recall": 0.0}], "long_recall")["step"]
+        == 2
+    )
     with pytest.raises(Exception, match="no checkpoint has a long_recall score"):
         selection.choose([{"step": 1, "long_recall": None}], "long_recall")
 
 
-@pytest.mark.unit
+
 def test_the_chain_puts_select_between_train_and_the_predicts():
     links = rundir.chain(True, ["a", "b"], selects=True)
-    assert [(l.name, l.after) for l in links] == [("train", ()), ("select", ("train",)), ("predict-a", ("select",)),
+    assert [(x.name, x.after) for x in links] == [("train", ()), ("select", ("train",)), ("predict-a", ("select",)),
                                                   ("predict-b", ("select",)), ("score", ("predict-a", "predict-b"))]
-    assert [l.name for l in rundir.chain(True, ["a"])] == ["train", "predict-a", "score"]
+    assert [x.name for x in rundir.chain(True, ["a"])] == ["train", "predict-a", "score"]
 
 
-@pytest.mark.unit
+
 def test_pruning_keeps_weights_and_the_last_checkpoints_resume_state(tmp_path):
     found = []
     for step in (10, 20, 30):
         path = tmp_path / f"checkpoint-{step}"
         path.mkdir()
-        for name in ("adapter_model.safetensors", "trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        for name in (
+            "adapter_model.safetensors",
+            "trainer_state.json",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng_state.pth",
+        ):
             (path / name).write_bytes(b"x" * 100)
         found.append((step, path))
     assert selection.checkpoints(tmp_path) == found

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Terminal, spec_file, tlf_bin
 
 pytestmark = pytest.mark.slurm
@@ -256,8 +255,12 @@ def test_chat_on_a_compute_node_through_srun_pty(tiny_gemma, telecom_dir, tmp_pa
     spec = spec_file(tmp_path / "talk.yaml", tiny_gemma, telecom_dir, extra="decoding: greedy\n")
     tlf("run", spec, "--out", tmp_path / "runs")
     run_dir = tmp_path / "runs" / "talk" / "talk"
-    rows = [json.loads(line) for line in
-            (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    ]
     question = json.loads((telecom_dir / "telecom_test_100.json").read_text(encoding="utf-8"))[0]["instruction"]
     terminal = Terminal([tlf_bin(), "chat", str(spec), "--out", str(tmp_path / "runs"), "--srun", "--raw"])
     banner = terminal.read_until("Type a question")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_llamafactory, tlf_bin
+
 from telecom_lf import data
 from telecom_lf import plan as plan_mod
 
@@ -51,7 +51,7 @@ def load_yaml(path: Path) -> dict:
 
 # ---------------------------------------------------------------- the blog's runs
 
-pytestmark = pytest.mark.unit
+# unit unless marked otherwise (conftest: kinds are exclusive)
 
 
 @pytest.mark.parametrize("name", ["probe", "climb-400", "climb-5000", "tune", "best"])
@@ -201,26 +201,45 @@ template: default
 
 
 BAD_SPECS = {
-    "misspelled key": ("  lora_traget: q_proj,v_proj\n", ["bad.yaml:9: train.lora_traget", "did you mean 'lora_target'"]),
-    "string learning rate": ("  learning_rate: 5e-5\n", ["bad.yaml:9: train.learning_rate", "got str '5e-5'", "5.0e-5"]),
+    "misspelled key": (
+        "  lora_traget: q_proj,v_proj\n",
+        ["bad.yaml:9: train.lora_traget", "did you mean 'lora_target'"],
+    ),
+    "string learning rate": (
+        "  learning_rate: 5e-5\n",
+        ["bad.yaml:9: train.learning_rate", "got str '5e-5'", "5.0e-5"],
+    ),
     "bad choice": ("  lr_scheduler_type: cosin\n", ["bad.yaml:9: train.lr_scheduler_type", "did you mean 'cosine'"]),
     "reserved key": ("  output_dir: /tmp/x\n", ["bad.yaml:9: train.output_dir", "set by tlf"]),
     "wrong type": ("  lora_rank: eight\n", ["bad.yaml:9: train.lora_rank", "expected int"]),
-    "predict without generation": ("predict:\n  predict_with_generate: false\n",
-                                   ["bad.yaml:10: predict.predict_with_generate", "needs predict_with_generate"]),
-    "slurm overrides without a cluster": ("  lora_rank: 8\nslurm:\n  gpu_memory_gb: 80\n",
-                                          ["bad.yaml:10: slurm", "add cluster:"]),
-    "unknown DoRA forward": ("  lora_rank: 8\ndora_kernel: \"fast\\n$(touch x)\"\n",
-                             ["bad.yaml:10: dora_kernel", "expected one of ['fast', 'peft']"]),
+    "predict without generation": (
+        "predict:\n  predict_with_generate: false\n",
+        ["bad.yaml:10: predict.predict_with_generate", "needs predict_with_generate"],
+    ),
+    "slurm overrides without a cluster": (
+        "  lora_rank: 8\nslurm:\n  gpu_memory_gb: 80\n",
+        ["bad.yaml:10: slurm", "add cluster:"],
+    ),
+    "unknown DoRA forward": (
+        '  lora_rank: 8\ndora_kernel: "fast\\n$(touch x)"\n',
+        ["bad.yaml:10: dora_kernel", "expected one of ['fast', 'peft']"],
+    ),
     "unknown spec section key": ("  lora_rank: 8\ndata_dir: x\n", ["bad.yaml:10: data_dir", "unknown key"]),
-    "duplicate key": ("  lora_rank: 8\n  lora_rank: 2\n", ["bad.yaml:10: train.lora_rank is given twice",
-                                                       "first at line 9"]),
-    "alias bomb": ("  lora_rank: 8\nx0: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
-                   + "".join(f"x{i}: &{'abcdefgh'[i]} [*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
-                             f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
-                             f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
-                             f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}]\n" for i in range(1, 8)),
-                   ["bad.yaml: more than 100000 YAML nodes"]),
+    "duplicate key": (
+        "  lora_rank: 8\n  lora_rank: 2\n",
+        ["bad.yaml:10: train.lora_rank is given twice", "first at line 9"],
+    ),
+    "alias bomb": (
+        "  lora_rank: 8\nx0: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(
+            f"x{i}: &{'abcdefgh'[i]} [*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
+            f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
+            f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}, "
+            f"*{'abcdefgh'[i - 1]}, *{'abcdefgh'[i - 1]}]\n"
+            for i in range(1, 8)
+        ),
+        ["bad.yaml: more than 100000 YAML nodes"],
+    ),
 }
 
 
@@ -305,7 +324,14 @@ def test_rerun_by_hand_after_the_demo_is_not_refused(tmp_path, tiny_gemma, telec
     out = tmp_path / "demo-out"
     shutil.copytree(tiny_gemma, out / "models" / "base")
     shutil.copytree(telecom_dir, out / "data")
-    tlf("render", demo, "--out", out / "runs", f"--set=model={out / 'models' / 'base'}", f"--set=data.dir={out / 'data'}")
+    tlf(
+        "render",
+        demo,
+        "--out",
+        out / "runs",
+        f"--set=model={out / 'models' / 'base'}",
+        f"--set=data.dir={out / 'data'}",
+    )
     run_dir = out / "runs" / "demo" / "upstream-defaults"
     (run_dir / "train").mkdir()  # the demo ran it
     by_hand = tlf("render", demo, "--set", "model=demo-out/models/base", "--set", "data.dir=demo-out/data",
@@ -322,7 +348,9 @@ def test_rendered_yaml_says_where_each_value_came_from(blog_data, tiny_gemma, tm
     assert "fp16: true  # profile dcu\n" in text
     assert re.search(r"^save_steps: \d+  # tlf default: about ten checkpoints per run$", text, re.M)
     assert "template: tlf_blog_default  # spec climb-400.yaml:" in text
-    assert re.search(r"^per_device_train_batch_size: \d+  # speed: fast \(was 8: spec climb-400.yaml:\d+\)$", text, re.M)
+    assert re.search(
+        r"^per_device_train_batch_size: \d+  # speed: fast \(was 8: spec climb-400.yaml:\d+\)$", text, re.M
+    )
     assert "cutoff_len: 1024  # tlf default: LLaMA-Factory 0.6's cutoff (prompt: blog)" in text
     groups = [line for line in text.splitlines() if line.startswith("# --- ")]
     assert groups[0] == "# --- ModelArguments ---" and len(groups) == len(set(groups)) >= 4
@@ -374,7 +402,9 @@ def test_diff_against_upstream_defaults(blog_data, tiny_gemma):
     assert re.search(r"lora_rank\s+128\s+8\s+\*", rows["lora_rank"])
     assert "lora_alpha" not in rows  # 256 == 2 x 128: LLaMA-Factory's effective default
     assert "learning_rate" not in rows  # 5e-5 is LLaMA-Factory's default too
-    assert "lr_scheduler_type" in rows and "cosine" in rows["lr_scheduler_type"] and "linear" in rows["lr_scheduler_type"]
+    assert (
+        "lr_scheduler_type" in rows and "cosine" in rows["lr_scheduler_type"] and "linear" in rows["lr_scheduler_type"]
+    )
     assert "use_dora" in rows and "cutoff_len" in rows
     best = tlf("diff", BLOG / "best.yaml", "--all", f"--set=model={tiny_gemma}", f"--set=data.dir={blog_data}")
     assert "lora_alpha" in best.stdout and "None -> 512 (2 x lora_rank)" in best.stdout
@@ -402,10 +432,10 @@ def _llmtuner_templates(tmp_path: Path):
 
 
 def test_blog_mode_token_ids_equal_llamafactory_0_6(tiny_gemma, tmp_path):
-    from transformers import AutoTokenizer
-
     from llamafactory.data.template import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+
     from telecom_lf.compat import register_blog_templates
 
     v06 = _llmtuner_templates(tmp_path)
@@ -435,7 +465,10 @@ def test_rendered_blog_climb_trains_and_predicts_for_real(blog_data, tiny_gemma,
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     adapter = json.loads((run_dir / "train" / "adapter_config.json").read_text())
     assert adapter["r"] == 128 and adapter["lora_alpha"] == 256 and adapter["use_dora"] and adapter["use_rslora"]
-    rows = [json.loads(l) for l in (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "predict-telecom_test_100" / "generated_predictions.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 6
     assert rows[0]["prompt"].endswith("应该怎么做？\nAssistant: ")  # 0.6's rendering: no <eos> before "\nAssistant: "
     assert not rows[0]["label"].endswith("\n")                  # and no "\n" after the answer

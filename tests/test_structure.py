@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.unit
@@ -17,8 +16,9 @@ PACKAGE = REPO / "telecom_lf"
 LAYERS = [
     {"__init__", "errors"},
     {"fsutil", "guard"},
+    {"records"},
     {"rundir"},
-    {"compat", "synth", "dora", "lock"},
+    {"compat", "synth", "dora", "lock", "processes"},
     {"lfargs"},
     {"cluster", "data", "score", "use"},
     {"tiny", "selection"},
@@ -30,16 +30,26 @@ LAYERS = [
     {"report", "chat", "export", "probe"},
     {"scheduler"},
     {"demo", "lf_entry"},
+    {"cli_base"},
+    {"cli_data"},
     {"cli"},
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}
 
 
+def _module_files(module: str) -> list[Path]:
+    """A module's source: ``telecom_lf/<module>.py``, or every file of the package ``telecom_lf/<module>/``."""
+    package = PACKAGE / module
+    return sorted(package.glob("*.py")) if package.is_dir() else [PACKAGE / f"{module}.py"]
+
+
 def _package_imports(path: Path) -> set[str]:
-    """Modules of telecom_lf that ``path`` imports, at the top or inside functions."""
+    """Modules of telecom_lf that ``path`` imports, at the top or inside functions (a file of a
+    subpackage: its ``..`` imports; its own siblings are the package itself, not counted)."""
+    depth = 2 if path.parent != PACKAGE and path.parent.parent == PACKAGE else 1
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == depth:
             if node.module:
                 found.add(node.module.split(".")[0])
             else:
@@ -49,21 +59,31 @@ def _package_imports(path: Path) -> set[str]:
     return found
 
 
+def _modules() -> set[str]:
+    return {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir()
+                                                      if p.is_dir() and (p / "__init__.py").exists()}
+
+
 def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    assert modules == set(RANK), f"place new modules in LAYERS: {sorted(modules ^ set(RANK))}"
+    assert _modules() == set(RANK), f"place new modules in LAYERS: {sorted(_modules() ^ set(RANK))}"
 
 
 @pytest.mark.parametrize("module", sorted(RANK))
 def test_imports_only_go_down(module):
-    upward = {name for name in _package_imports(PACKAGE / f"{module}.py")
-              if name in RANK and RANK[name] >= RANK[module]}
+    found = set().union(*(_package_imports(path) for path in _module_files(module)))
+    upward = {name for name in found if name in RANK and RANK[name] >= RANK[module]}
     assert not upward, f"{module} imports {sorted(upward)}, which are not below it"
+
+
+def test_no_module_over_600_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not long, long
 
 
 def test_no_function_over_60_lines():
     long = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
@@ -85,5 +105,5 @@ def test_no_module_shadows_the_standard_library():
     worker: a module named like a standard one (profile.py once) breaks `import cProfile` there."""
     import sys
 
-    clashes = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem in sys.stdlib_module_names)
+    clashes = sorted(m for m in _modules() if m in sys.stdlib_module_names)
     assert not clashes, clashes

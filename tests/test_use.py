@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import Terminal, tlf_bin
 
 pytestmark = pytest.mark.integration
@@ -138,21 +137,24 @@ def test_probe_refuses_a_questions_file_that_is_not_text(study, tmp_path):
 def test_export_merges_verifies_and_a_wrong_merge_fails_the_check(study, tmp_path):
     spec, runs_root, experiment = study
     out = tmp_path / "shipped"
-    result = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--out", out, "--rows", "6")
+    result = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--to", out, "--rows", "6")
     assert "6/6 rows of telecom_test_100 identical" in result.stdout
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "tlf_blog_default" in card and WRAPPER[0] in card and "lora_rank: `2`" in card
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shipped")]   # no work dir left
 
-    again = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--out", out, check=False)
+    again = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--to", out, check=False)
     assert again.returncode == 2 and "--force" in again.stderr
+    # --out: the deprecated old name of --to, for one release, with a warning
+    old_name = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--out", out, check=False)
+    assert old_name.returncode == 2 and "--force" in old_name.stderr and "deprecated; use --to" in old_name.stderr
 
     from safetensors.torch import load_file, save_file
     weights = load_file(out / "model.safetensors")
     name = next(k for k in weights if k.endswith("v_proj.weight"))
     weights[name] = weights[name] * -3.0          # a merge that went wrong
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    wrong = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--out", out, "--rows", "6", "--verify-only",
+    wrong = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--to", out, "--rows", "6", "--verify-only",
                 check=False)
     assert wrong.returncode == 1 and "differently from the adapter" in wrong.stderr, wrong.stdout + wrong.stderr

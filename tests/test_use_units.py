@@ -10,6 +10,7 @@ import stat
 import subprocess
 
 import pytest
+from conftest import run_manifest
 
 from telecom_lf import compat, fsutil, probe, rundir, slurm, use
 from telecom_lf.chat import srun_command
@@ -36,7 +37,7 @@ def test_instruction_wrapper_comes_from_the_split_manifest_or_the_imported_meta(
     meta_source = tmp_path / "all.json"
     (tmp_path / "all.meta.json").write_text(json.dumps({"instruction": "Q: {question}?"}), encoding="utf-8")
     manifest = tmp_path / "split_manifest.json"
-    run = rundir.Run(tmp_path, {"split_manifest": str(manifest), "predict_sets": []})
+    run = rundir.Run(tmp_path, run_manifest(split_manifest=str(manifest)))
     manifest.write_text(json.dumps({"source": str(meta_source)}), encoding="utf-8")
     assert use.instruction_wrapper(run) == "Q: {question}?"
     manifest.write_text(json.dumps({"source": str(meta_source), "instruction": "A {question} B"}), encoding="utf-8")
@@ -129,11 +130,13 @@ def test_atomic_write_gives_the_usual_mode_and_keeps_a_replaced_files_mode(tmp_p
 
 
 def test_checkpoint_choice_is_checked_against_the_kept_ones(tmp_path):
-    run = rundir.Run(tmp_path, {"trains": True, "predict_sets": []})
+    run = rundir.Run(tmp_path, run_manifest(trains=True))
     train = tmp_path / "train"
     (train / "checkpoint-10").mkdir(parents=True)
     (train / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"")
+    (train / "checkpoint-10" / "trainer_state.json").write_text("{}")
     (train / "checkpoint-20").mkdir()                    # no weights: not a usable checkpoint
+    (train / "checkpoint-20" / "trainer_state.json").write_text("{}")
     with pytest.raises(TlfError, match="not trained yet"):
         use._adapter_dir(run, None)
     (train / "train_results.json").write_text("{}")
@@ -146,7 +149,7 @@ def test_checkpoint_choice_is_checked_against_the_kept_ones(tmp_path):
 
 
 def test_hostile_questions_stay_data_and_the_probe_stays_under_its_report_dir(tmp_path):
-    run = rundir.Run(tmp_path / "run", {"predict_sets": []})
+    run = rundir.Run(tmp_path / "run", run_manifest())
     hostile = "怎么关\n$(touch pwned)`id`; ../../etc/passwd"
     [asked] = probe.questions(run, "P,{question},S", [{"question": hostile, "expected": None}], None, 5, False)
     assert asked.prompt == f"P,{hostile},S" and asked.shown == hostile and asked.expected is None

@@ -1,222 +1,43 @@
-"""An experiment spec (YAML) -> a validated ``Spec``. Every error names the file, line and key.
-
-A spec is flat and hackable, torchtune-style: LLaMA-Factory arguments by their own names under
-``train:`` and ``predict:``, and a handful of tlf keys around them. See experiments/ for
-annotated examples and the README for the full list.
-"""
+"""Reading a spec: strict YAML, every problem collected with its file:line:key, one section at a
+time, then the data sets checked against data.dir's dataset_info.json and the cluster profile
+applied."""
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
-from . import guard, lfargs, rundir
-from .cluster import PROFILE_KEYS, BadProfileValue, Profile, load_profile
-from .compat import BLOG_TEMPLATE_FOR
-from .errors import TlfError
-from .fsutil import load_yaml_strict, sha256_bytes
-
-SPEEDS = ("as-written", "fast")
-DORA_KERNELS = ("fast", "peft")
-PROMPT_MODES = ("blog", "upstream")
-DECODING = ("greedy", "sampled")
-# Keys tlf writes itself: setting them in a spec would silently fight the plan.
-RESERVED = {"model_name_or_path", "adapter_name_or_path", "dataset", "eval_dataset", "dataset_dir",
-            "output_dir", "do_train", "do_predict", "do_eval", "stage", "template", "seed"}
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-NUMBER = r"[0-9]+(?:\.[0-9]+)?"
-TIE_RE = re.compile(rf" *(?:(?P<k1>{NUMBER}) *\* *(?P<n1>[a-z_]+)|(?P<n2>[a-z_]+)(?: *\* *(?P<k2>{NUMBER}))?) *")
-# A path that does not exist here but reads like `owner/model`: a hub id, resolved at run time.
-HUB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-# ---------------------------------------------------------------- the schema: one dataclass per concern
-# These name every key a spec may hold, with its default and why; validation, `tlf spec
-# --help-keys` and the README's key table are all generated from them.
-
-
-def _key(default, help_text: str):
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help_text})
-    return field(default=default, metadata={"help": help_text})
-
-
-@dataclass(frozen=True)
-class ExperimentKeys:
-    name: str | None = _key(None, "experiment name: runs go to <out>/<name>/<run>/ (default: the spec's file stem)")
-    description: str | None = _key(None, "free text, kept with the spec")
-    model: str | None = _key(None, "model directory (relative to the spec) or hub id (resolved at run time)")
-    models: dict | None = _key(None, "name -> model path: a model comparison, one run per model and sweep point")
-    seed: int = _key(42, "LLaMA-Factory's seed for training and predict")
-    baseline: str | None = _key(None, "upstream: add a run with LLaMA-Factory's own defaults for every "
-                                      "hyper-parameter (only infrastructure settings kept)")
-    labels: dict = _key({}, "run name -> what the run is, shown beside its name in the report and the "
-                            "terminal (e.g. blog configuration)")
-
-
-@dataclass(frozen=True)
-class DataKeys:
-    dir: str = _key("data", "the dataset_dir holding dataset_info.json (relative to the spec)")
-    train: str | None = _key(None, "registered data set to train on (none: a predict-only probe)")
-    predict: list = _key([], "registered data sets to predict on and score")
-
-
-@dataclass(frozen=True)
-class PromptKeys:
-    prompt: str = _key("upstream", "blog: LLaMA-Factory 0.6's template rendering (the blog's token ids); "
-                                   "upstream: the installed LLaMA-Factory's")
-    template: str | None = _key(None, "required: the LLaMA-Factory template name, e.g. default or gemma")
-    decoding: str = _key("greedy", "greedy (tlf's default: repeatable scores) or sampled "
-                                   "(LLaMA-Factory's defaults, what the blog got)")
-
-
-@dataclass(frozen=True)
-class ArgumentKeys:
-    train: dict | None = _key(None, "LLaMA-Factory training arguments by their own names (validated against "
-                                    "the installed version); absent: no training")
-    predict: dict = _key({}, "LLaMA-Factory arguments for every predict run (e.g. max_new_tokens)")
-
-
-@dataclass(frozen=True)
-class SweepKeys:
-    grid: dict = _key({}, "argument -> list of values: the cartesian product")
-    zip: list = _key([], "groups of argument -> equal-length lists that move together")
-    vary: dict = _key({}, "argument -> values tried one at a time around train: (the blog's A/B method)")
-    tie: dict = _key({}, "argument -> '<number> * <argument>', e.g. lora_alpha: 2 * lora_rank")
-    max_runs: int = _key(1000, "refuse a sweep of more runs than this, counted before anything is expanded "
-                               "(raise it here or with --set sweep.max_runs=N)")
-
-
-SELECT_METRICS = ("acc", "acc_raw", "long_recall", "rouge-1", "rouge-2", "rouge-l", "bleu-4", "item_f1",
-                  "item_precision", "item_recall")
-
-
-@dataclass(frozen=True)
-class SelectKeys:
-    on: str | None = _key(None, "checkpoint selection: the registered dev set every checkpoint is scored on "
-                                "(never a predict set); absent: no selection, the final adapter predicts")
-    metric: str = _key("acc", f"the score that picks the checkpoint: {', '.join(SELECT_METRICS)} (ties: the earlier step)")
-    every: str | int = _key("epoch", "epoch, or a step count: how often a checkpoint is saved (and scored)")
-
-
-@dataclass(frozen=True)
-class Select:
-    on: str
-    metric: str = "acc"
-    every: str | int = "epoch"
-
-
-@dataclass(frozen=True)
-class SpeedKeys:
-    speed: str = _key("as-written", "as-written, or fast: same data and maths, faster "
-                                    "(one micro-batch, SDPA, cached tokens, batched predict)")
-    micro_batch: int | None = _key(None, "speed: fast only: rows per forward (default: the whole effective batch)")
-    dora_kernel: str | None = _key(None, "fast: tlf's DoRA forward (same maths, factored norm computed once per "
-                                         "optimiser step); peft: PEFT's own. Default: fast under speed: fast")
-
-
-@dataclass(frozen=True)
-class ClusterKeys:
-    cluster: str | None = _key(None, "cluster profile name (dcu, nvidia, local-test or your own)")
-    slurm: dict = _key({}, "overrides of the profile's keys (slurm.<key> below)")
-
-
-# (section, dataclass): section None holds top-level keys; "slurm" is the Profile itself.
-SCHEMA = [(None, ExperimentKeys), ("data", DataKeys), (None, PromptKeys), (None, ArgumentKeys),
-          ("sweep", SweepKeys), ("select", SelectKeys), (None, SpeedKeys), (None, ClusterKeys), ("slurm", Profile)]
-TOP_KEYS = tuple([f.name for s, c in SCHEMA if s is None for f in fields(c)] + ["data", "sweep", "select"])
-SELECT_KEYS = tuple(f.name for f in fields(SelectKeys))
-DATA_KEYS = tuple(f.name for f in fields(DataKeys))
-SWEEP_KEYS = tuple(f.name for f in fields(SweepKeys))
-
-
-def schema_rows() -> list[tuple[str, str, str]]:
-    """(key, default, help) for every key a spec may hold, in schema order."""
-    rows = []
-    for section, cls in SCHEMA:
-        for f in fields(cls):
-            if "help" not in f.metadata:
-                continue
-            default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-            rows.append((f"{section}.{f.name}" if section else f.name, json.dumps(default, ensure_ascii=False),
-                         f.metadata["help"]))
-    return rows
-
-
-def schema_markdown() -> str:
-    lines = ["| key | default | what it is |", "|---|---|---|"]
-    lines += [f"| `{key}` | `{default}` | {text} |" for key, default, text in schema_rows()]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Tie:
-    """``target = factor * source`` (the blog's ``lora_alpha = 2 x lora_rank``)."""
-    target: str
-    source: str
-    factor: float
-
-    def value(self, source_value):
-        result = self.factor * source_value
-        return int(result) if float(result).is_integer() and isinstance(source_value, int) else result
-
-
-@dataclass(frozen=True)
-class Sweep:
-    grid: dict[str, list] = field(default_factory=dict)
-    zip: list[dict[str, list]] = field(default_factory=list)
-    vary: dict[str, list] = field(default_factory=dict)
-    tie: list[Tie] = field(default_factory=list)
-    max_runs: int = 1000
-
-
-@dataclass(frozen=True)
-class Spec:
-    path: Path
-    sha256: str
-    name: str
-    models: dict[str, str]
-    data_dir: Path
-    train_set: str | None
-    predict_sets: list[str]
-    prompt: str
-    template: str
-    cluster: str | None
-    seed: int
-    train: dict
-    predict: dict
-    decoding: str
-    sweep: Sweep | None
-    baseline: str | None
-    slurm: dict
-    lines: dict[tuple, int]
-    speed: str = "as-written"
-    micro_batch: int | None = None   # `speed: fast` only: rows per forward (default: the whole effective batch)
-    dora_kernel: str = "peft"        # fast: tlf's DoRA forward in every LLaMA-Factory process of the run
-    datasets: dict = field(default_factory=dict)   # the dataset_info.json entries the spec names
-    profile: Profile | None = None                 # the cluster profile with slurm: applied, resolved once
-    notes: tuple[str, ...] = ()                    # things a user should know that are not errors
-    labels: dict = field(default_factory=dict)     # run name -> what the run is, in words
-    select: Select | None = None                   # checkpoint selection on a dev set
-
-    def line(self, *path) -> int | None:
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path)
-
-    def where(self, *path) -> str:
-        line = self.line(*path)
-        key = ".".join(map(str, path))
-        return f"{self.path}:{line}: {key}" if line else f"{self.path}: {key}"
-
-    @property
-    def lf_template(self) -> str:
-        """The template name written into LLaMA-Factory configs."""
-        return BLOG_TEMPLATE_FOR.get(self.template, self.template) if self.prompt == "blog" else self.template
+from .. import guard, lfargs, rundir
+from ..cluster import PROFILE_KEYS, BadProfileValue, load_profile
+from ..compat import BLOG_TEMPLATE_FOR
+from ..errors import TlfError
+from ..fsutil import load_yaml_strict, sha256_bytes
+from .model import Cluster, Data, Prompt, Spec, Speed, Sweep, Tie
+from .schema import (
+    DATA_KEYS,
+    DECODING,
+    DORA_KERNELS,
+    HUB_ID_RE,
+    NAME_RE,
+    PROMPT_MODES,
+    RESERVED,
+    SELECT_KEYS,
+    SELECT_METRICS,
+    SPEEDS,
+    SWEEP_KEYS,
+    TIE_RE,
+    TOP_KEYS,
+    DataKeys,
+    ExperimentKeys,
+    PromptKeys,
+    Select,
+    SpeedKeys,
+    SweepKeys,
+    default,
+)
 
 
 def _load_yaml(path: Path) -> tuple[dict, dict[tuple, int], bytes]:
@@ -345,7 +166,7 @@ def _parse_sweep(raw, check: _Checker) -> Sweep | None:
     for tie in ties:
         if tie.target in swept:
             check.fail(("sweep", "tie", tie.target), "is both swept and tied; keep one")
-    max_runs = raw.get("max_runs", 1000)
+    max_runs = raw.get("max_runs", default(SweepKeys, "max_runs"))
     check.guarded(("sweep", "max_runs"), guard.integer, max_runs, "", 1, 10**9)
     return Sweep(grid=dict(grid) if isinstance(grid, dict) else {},
                  zip=[dict(g) for g in groups if isinstance(g, dict)],
@@ -368,7 +189,9 @@ def _parse_ties(raw_ties, check: _Checker) -> list[Tie]:
         if lfargs.table().get(target) is None:
             check.fail(("sweep", "tie", target), lfargs.check_value(target, None) or "unknown argument")
         if lfargs.table().get(source) is None:
-            check.fail(("sweep", "tie", target), f"ties to unknown argument {source!r}{lfargs.suggest(source, lfargs.table())}")
+            check.fail(
+                ("sweep", "tie", target), f"ties to unknown argument {source!r}{lfargs.suggest(source, lfargs.table())}"
+            )
         ties.append(Tie(target, source, factor))
     return ties
 
@@ -415,29 +238,33 @@ def load(path: Path, overrides: list[str] | None = None, require_model: bool = T
         raw["select"] = {("on" if k is True else k): v for k, v in raw["select"].items()}
     check = _Checker(path, lines)
     check.keys(raw, TOP_KEYS, ())
-    values: dict = _parse_models(raw, check, path.parent, require_model)
-    for parse in (_parse_data, _parse_prompt, _parse_arguments, _parse_experiment,
-                  _parse_speed, _parse_cluster, _parse_select):
-        values.update(parse(raw, check, path.parent))
-    if values["sweep"] and values["train"] is None:
+    models, notes = _parse_models(raw, check, path.parent, require_model)
+    data = _parse_data(raw, check, path.parent)
+    train, predict = _parse_arguments(raw, check)
+    top = _parse_experiment(raw, check)
+    select = _parse_select(raw, check)
+    sections = {"prompt": _parse_prompt(raw, check), "speed": _parse_speed(raw, check),
+                "cluster": _parse_cluster(raw, check), "select": select}
+    if top["sweep"] and train is None:
         check.fail(("sweep",), "a sweep varies training arguments: add train:")
-    _check_select(values, check)
+    _check_select(select, train, data, check)
     check.raise_if_any()
-    sets = [s for s in [values["train_set"], *values["predict_sets"]] if s]
-    sets += [values["select"].on] if values["select"] else []
-    values["datasets"] = _check_datasets(path, values["data_dir"], sets, lines)
-    values["notes"] += _select_overlap(path, values, lines)
-    spec = Spec(path=path.resolve(), sha256=_canonical_hash(raw, values), lines=lines, **values)
+    sets = [s for s in [data.train, *data.predict] if s] + ([select.on] if select else [])
+    data = replace(data, entries=_check_datasets(path, data.dir, sets, lines))
+    notes += _select_overlap(path, select, data, lines)
+    spec = Spec(path=path.resolve(), sha256=_canonical_hash(raw, models, data), lines=lines, models=models, data=data,
+                train=train, predict=predict, notes=notes, **top, **sections)
     return _with_profile(spec)
 
 
-def _canonical_hash(raw: dict, values: dict) -> str:
+def _canonical_hash(raw: dict, models: dict, data: Data) -> str:
     """The hash of what the spec means, not of its bytes: comments, key order and how a path
     was written (relative here, absolute on the command line) do not change it."""
     meaning = {**{k: v for k, v in raw.items() if k not in ("model", "models", "data")},
-               "models": values["models"], "data": [str(values["data_dir"]), values["train_set"],
-                                                    values["predict_sets"]]}
-    return sha256_bytes(json.dumps(_text_keys(meaning), sort_keys=True, default=str, ensure_ascii=False).encode("utf-8"))
+               "models": models, "data": [str(data.dir), data.train, data.predict]}
+    return sha256_bytes(
+        json.dumps(_text_keys(meaning), sort_keys=True, default=str, ensure_ascii=False).encode("utf-8")
+    )
 
 
 def _text_keys(value):
@@ -449,7 +276,7 @@ def _text_keys(value):
     return value
 
 
-def _parse_models(raw: dict, check: _Checker, base: Path, require_model: bool = True) -> dict:
+def _parse_models(raw: dict, check: _Checker, base: Path, require_model: bool = True) -> tuple[dict, tuple]:
     models_raw = raw.get("models") if raw.get("models") is not None else raw.get("model")
     if "model" in raw and "models" in raw:
         check.fail(("models",), "give either 'model' (one path) or 'models' (name -> path), not both")
@@ -473,7 +300,7 @@ def _parse_models(raw: dict, check: _Checker, base: Path, require_model: bool = 
         fail = (lambda message, key=key: check.fail(key, message)) if require_model else (lambda message: None)
         models[name], note = _model_location(given, base, fail)
         notes += [note] if note else []
-    return {"models": models, "notes": tuple(notes)}
+    return models, tuple(notes)
 
 
 def _model_location(given: str, base: Path, fail) -> tuple[str, str | None]:
@@ -482,7 +309,7 @@ def _model_location(given: str, base: Path, fail) -> tuple[str, str | None]:
     local = Path(given).expanduser()
     local = local if local.is_absolute() else (base / local).resolve()
     if local.is_dir():
-        if not (local / "config.json").is_file():
+        if not (local / rundir.MODEL_CONFIG).is_file():
             fail(f"model directory {local} has no config.json (is it a Hugging Face model directory?)")
         return str(local), None
     if HUB_ID_RE.fullmatch(given) and not local.exists():
@@ -501,7 +328,7 @@ def _section(raw: dict, key: str, allowed, check: _Checker, expected: str) -> di
     return section
 
 
-def _parse_data(raw: dict, check: _Checker, base: Path) -> dict:
+def _parse_data(raw: dict, check: _Checker, base: Path) -> Data:
     data = _section(raw, "data", DATA_KEYS, check, "a mapping with dir, train, predict")
     predict_sets = data.get("predict") or []
     if isinstance(predict_sets, str):
@@ -517,13 +344,13 @@ def _parse_data(raw: dict, check: _Checker, base: Path) -> dict:
     for i, name in enumerate(predict_sets):
         if name in predict_sets[:i]:
             check.fail(("data", "predict", i), f"{name!r} is listed twice")
-    directory = check.guarded(("data", "dir"), guard.text, data.get("dir", "data"), "", "directory")
-    return {"data_dir": (base / (directory or "data")).resolve(), "train_set": train_set,
-            "predict_sets": list(predict_sets)}
+    fallback = default(DataKeys, "dir")
+    directory = check.guarded(("data", "dir"), guard.text, data.get("dir", fallback), "", "directory")
+    return Data(dir=(base / (directory or fallback)).resolve(), train=train_set, predict=list(predict_sets))
 
 
-def _parse_prompt(raw: dict, check: _Checker, _base: Path) -> dict:
-    prompt = raw.get("prompt", "upstream")
+def _parse_prompt(raw: dict, check: _Checker) -> Prompt:
+    prompt = raw.get("prompt", default(PromptKeys, "prompt"))
     if prompt not in PROMPT_MODES:
         check.fail(("prompt",), f"expected one of {list(PROMPT_MODES)}, got {prompt!r}")
     template = raw.get("template")
@@ -534,14 +361,14 @@ def _parse_prompt(raw: dict, check: _Checker, _base: Path) -> dict:
                                   f"{sorted(BLOG_TEMPLATE_FOR)} templates, not {template!r}")
     elif template not in lfargs.template_names():
         check.fail(("template",), f"unknown template {template!r}{lfargs.suggest(template, lfargs.template_names())}")
-    decoding = raw.get("decoding", "greedy")
+    decoding = raw.get("decoding", default(PromptKeys, "decoding"))
     if decoding not in DECODING:
         check.fail(("decoding",), f"expected 'greedy' (tlf default) or 'sampled' (LLaMA-Factory's "
                                   f"defaults, what the blog got), got {decoding!r}")
-    return {"prompt": prompt, "template": template, "decoding": decoding}
+    return Prompt(mode=prompt, template=template, decoding=decoding)
 
 
-def _parse_arguments(raw: dict, check: _Checker, _base: Path) -> dict:
+def _parse_arguments(raw: dict, check: _Checker) -> tuple[dict | None, dict]:
     train = raw.get("train")
     predict = raw.get("predict") or {}
     check.lf_args(train, ("train",))
@@ -557,12 +384,13 @@ def _parse_arguments(raw: dict, check: _Checker, _base: Path) -> dict:
         check.fail(("data", "train"), "a spec with train: arguments needs data.train (a dataset name)")
     if not data.get("train") and not data.get("predict"):
         check.fail(("data",), "nothing to do: give data.train and/or data.predict")
-    return {"train": _normalise_targets(train) if isinstance(train, dict) else None,
-            "predict": dict(predict) if isinstance(predict, dict) else {}}
+    return (_normalise_targets(train) if isinstance(train, dict) else None,
+            dict(predict) if isinstance(predict, dict) else {})
 
 
-def _parse_experiment(raw: dict, check: _Checker, path_dir: Path) -> dict:
-    seed = raw.get("seed", 42)
+def _parse_experiment(raw: dict, check: _Checker) -> dict:
+    """The top-level keys of the experiment itself: name, seed, baseline, sweep, labels."""
+    seed = raw.get("seed", default(ExperimentKeys, "seed"))
     check.guarded(("seed",), guard.integer, seed, "", 0, 2**32 - 1)   # numpy's seeds are 32-bit
     if not isinstance(raw.get("description", ""), (str, type(None))):
         check.fail(("description",), "expected text")
@@ -598,8 +426,8 @@ def _parse_labels(raw, check: _Checker) -> dict:
     return labels
 
 
-def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
-    speed = raw.get("speed", "as-written")
+def _parse_speed(raw: dict, check: _Checker) -> Speed:
+    speed = raw.get("speed", default(SpeedKeys, "speed"))
     if speed not in SPEEDS:
         check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
     micro_batch = raw.get("micro_batch")
@@ -610,11 +438,12 @@ def _parse_speed(raw: dict, check: _Checker, _base: Path) -> dict:
     dora_kernel = raw.get("dora_kernel")
     if dora_kernel is not None and dora_kernel not in DORA_KERNELS:
         check.fail(("dora_kernel",), f"expected one of {list(DORA_KERNELS)}, got {dora_kernel!r}")
-    return {"speed": speed, "micro_batch": micro_batch,
-            "dora_kernel": dora_kernel or ("fast" if speed == "fast" else "peft")}
+    return Speed(
+        mode=speed, micro_batch=micro_batch, dora_kernel=dora_kernel or ("fast" if speed == "fast" else "peft")
+    )
 
 
-def _parse_cluster(raw: dict, check: _Checker, _base: Path) -> dict:
+def _parse_cluster(raw: dict, check: _Checker) -> Cluster:
     slurm = _section(raw, "slurm", PROFILE_KEYS, check, "a mapping of Slurm overrides")
     cluster = raw.get("cluster")
     if cluster is not None and not isinstance(cluster, str):
@@ -623,56 +452,54 @@ def _parse_cluster(raw: dict, check: _Checker, _base: Path) -> dict:
     if slurm and not cluster:
         check.fail(("slurm",), "slurm: overrides keys of a cluster profile, and this spec names none; add "
                                "cluster: (dcu, nvidia, local-test or your own profile)")
-    return {"cluster": cluster, "slurm": dict(slurm)}
+    return Cluster(name=cluster, slurm=dict(slurm))
 
 
-def _parse_select(raw: dict, check: _Checker, _base: Path) -> dict:
+def _parse_select(raw: dict, check: _Checker) -> Select | None:
     if raw.get("select") is None:
-        return {"select": None}
+        return None
     section = _section(raw, "select", SELECT_KEYS, check, "a mapping with on, metric, every")
     on = check.guarded(("select", "on"), guard.component, section.get("on"), "", "data set name")
-    metric = section.get("metric", "acc")
+    metric = section.get("metric", default(Select, "metric"))
     if metric not in SELECT_METRICS:
         check.fail(("select", "metric"), f"expected one of {', '.join(SELECT_METRICS)}, got {metric!r}")
-    every = section.get("every", "epoch")
+    every = section.get("every", default(Select, "every"))
     if every != "epoch":
         check.guarded(("select", "every"), guard.integer, every, "", 1, 10**9)
-    return {"select": Select(on, metric, every) if on else None}
+    return Select(on, metric, every) if on else None
 
 
-def _check_select(values: dict, check: _Checker) -> None:
-    select = values["select"]
+def _check_select(select: Select | None, train: dict | None, data: Data, check: _Checker) -> None:
     if select is None:
         return
-    if values["train"] is None:
+    if train is None:
         check.fail(("select",), "selection picks one of a run's checkpoints: add train:")
-    if select.on in values["predict_sets"] or select.on == values["train_set"]:
-        used = "a predict set" if select.on in values["predict_sets"] else "the train set"
+    if select.on in data.predict or select.on == data.train:
+        used = "a predict set" if select.on in data.predict else "the train set"
         check.fail(("select", "on"), f"{select.on!r} is {used}: selection must score on a set it never reports "
                                      "(a dev set: `tlf data split` cuts <prefix>_dev_200)")
     for key in ("save_total_limit", "save_strategy", "save_steps", "load_best_model_at_end"):
-        if key in (values["train"] or {}):
+        if key in (train or {}):
             check.fail(("train", key), "set by select: (every checkpoint is kept and scored); remove it here")
 
 
-def _select_overlap(path: Path, values: dict, lines: dict) -> tuple[str, ...]:
+def _select_overlap(path: Path, select: Select | None, data: Data, lines: dict) -> tuple[str, ...]:
     """A dev set that shares questions with the training set, or that the split calls a test set,
     is refused; a blog-mode split (whose last train set holds every row) only gets a note."""
-    select = values["select"]
-    if select is None or not values["train_set"]:
+    if select is None or not data.train:
         return ()
     where = f"{path}:{lines.get(('select', 'on'), lines.get(('select',), 0))}: select.on"
-    manifest = rundir.read_json(values["data_dir"] / "split_manifest.json")
+    manifest = rundir.read_json(data.dir / rundir.SPLIT_MANIFEST)
     splits = manifest.get("splits", {}) if isinstance(manifest, dict) else {}
     if isinstance(splits.get(select.on), dict) and splits[select.on].get("role") == "test":
         raise TlfError(f"{where}: {select.on!r} is a test set of the split: selection must never see it")
-    shared = _shared_questions(values["data_dir"], values["datasets"], select.on, values["train_set"])
+    shared = _shared_questions(data.dir, data.entries, select.on, data.train)
     if not shared:
         return ()
-    message = (f"{select.on} shares {shared} question(s) with the train set {values['train_set']}, so its "
+    message = (f"{select.on} shares {shared} question(s) with the train set {data.train}, so its "
                "scores reward recall of training rows")
     if isinstance(manifest, dict) and manifest.get("mode") == "blog":
-        return (f"WARNING: {message} (a blog-mode split: its {values['train_set']} holds every row)",)
+        return (f"WARNING: {message} (a blog-mode split: its {data.train} holds every row)",)
     raise TlfError(f"{where}: {message}; cut a dev set held out from training (`tlf data split`)")
 
 
@@ -687,23 +514,23 @@ def _shared_questions(data_dir: Path, datasets: dict, dev: str, train: str) -> i
 def _with_profile(spec: Spec) -> Spec:
     """The cluster profile, with the spec's slurm: on top, resolved once here. A bad value the spec
     itself set is named by the spec's file:line:key, not by the profile's file."""
-    if not spec.cluster:
+    cluster = spec.cluster
+    if not cluster.name:
         return spec
     try:
-        profile = load_profile(spec.cluster, spec.path.parent, spec.slurm)
+        profile = load_profile(cluster.name, spec.path.parent, cluster.slurm)
     except BadProfileValue as error:
-        if error.key not in spec.slurm:
+        if error.key not in cluster.slurm:
             raise
         raise TlfError(f"{spec.where('slurm', error.key)}: {error.detail}") from None
-    return replace(spec, profile=profile)
+    return replace(spec, cluster=replace(cluster, profile=profile))
 
 
 def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> dict:
     """Every dataset the spec names must be registered in data.dir's dataset_info.json;
     returns their entries."""
-    import json
 
-    info_path = data_dir / "dataset_info.json"
+    info_path = data_dir / rundir.DATASET_INFO
     line = lines.get(("data",))
     where = f"{path}:{line}: data" if line else f"{path}: data"
     if not info_path.exists():

@@ -1,0 +1,74 @@
+"""What every ``tlf`` command shares: one message and an exit code for each kind of failure (bad
+input 2, a failed step or job 1, a fault of the machine 1 naming the file, a bug 1 with its
+traceback saved), and help lines that are not cut at 45 characters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import Failed, TlfError
+
+
+def _first_line(command: click.Command) -> str:
+    text = (command.short_help or command.help or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+class _Command(click.Command):
+    """`tlf --help` lists each command with its whole first line, not click's 45 characters."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_line(self)
+
+
+class Group(click.Group):
+    """Bad input (TlfError) anywhere below: one message, exit 2; a failed step or job: exit 1."""
+
+    command_class = _Command
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_line(self)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Failed as error:
+            click.echo(f"tlf: {error}", err=True)
+            sys.exit(1)
+        except TlfError as error:
+            click.echo(f"tlf: error: {error}", err=True)
+            sys.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except OSError as error:   # the machine, not the input: a full disk, a permission, a vanished file
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"tlf: {where}{error.strerror or error}", err=True)
+            sys.exit(1)
+        except Exception as error:
+            click.echo(f"tlf: internal error (a bug in tlf, not in your input): {type(error).__name__}: "
+                       f"{str(error)[:300]}; {_save_traceback()}", err=True)
+            sys.exit(1)
+
+
+def _save_traceback() -> str:
+    """The traceback of the exception being handled, in a file under ~/.cache/tlf/crashes/."""
+    import os
+    import time
+    import traceback
+
+    text = f"tlf {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}"
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlf" / "crashes"
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(text, encoding="utf-8")
+        return f"the traceback is in {path}; please report it with the command you ran"
+    except OSError:
+        return "the traceback follows; please report it\n" + text
+
+
+Group.group_class = Group
