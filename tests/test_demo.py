@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import csv
 import re
-import subprocess
 
 import pytest
-from conftest import tlf_bin
+from conftest import run_while_progressing, tlf_bin
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +24,7 @@ def _table(stdout: str) -> str:
 
 def test_demo_learns_what_the_blog_found_and_a_second_run_prints_the_same_table(tmp_path):
     out = tmp_path / "demo-out"
-    first = subprocess.run([tlf_bin(), "demo", "--out", out], capture_output=True, text=True, timeout=1200)
+    first = run_while_progressing([tlf_bin(), "demo", "--out", out])
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rows = _rows(out / "runs" / "demo" / "report" / "report.csv")
     test_acc = {what: float(row["acc % [telecom_test_100]"]) for what, row in rows.items()}
@@ -49,7 +48,7 @@ def test_demo_learns_what_the_blog_found_and_a_second_run_prints_the_same_table(
         processes.add(lines[0][1])
     assert len(processes) == 1, processes
 
-    second = subprocess.run([tlf_bin(), "demo", "--out", out], capture_output=True, text=True, timeout=600)
+    second = run_while_progressing([tlf_bin(), "demo", "--out", out])
     assert second.returncode == 0, second.stderr[-3000:]
     assert "(exists)" in second.stdout and "done already, skipped" in second.stdout
     assert _table(second.stdout) == _table(first.stdout)

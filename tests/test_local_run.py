@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import spec_file, tlf_bin
+from conftest import patience, spec_file, tlf_bin
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ predict: {{max_samples: 6, max_new_tokens: 8, per_device_eval_batch_size: 6}}
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
+    end = time.monotonic() + patience(timeout)
     while not predicate():
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
@@ -62,7 +62,7 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tiny_gemma, tele
     _wait_for(lambda: any(train_dir.glob("checkpoint-*/trainer_state.json")), 300, "r4's first checkpoint")
     time.sleep(1)
     running.send_signal(signal.SIGINT)
-    stdout, stderr = running.communicate(timeout=120)
+    stdout, stderr = running.communicate(timeout=patience(120))
     assert running.returncode == 130, stderr
     assert "interrupted" in stderr
     assert not (train_dir / "train_results.json").exists(), "training was meant to be interrupted"
@@ -108,7 +108,7 @@ def test_two_launchers_on_one_run_exactly_one_trains(tiny_gemma, telecom_dir, tm
     assert second.returncode == 2, second.stderr
     assert "is working on it" in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
     assert time.monotonic() - started < 60             # refused at once, not after training
-    assert first.wait(timeout=600) == 0, first.communicate()[1]
+    assert first.wait(timeout=patience(600)) == 0, first.communicate()[1]
     logged = [json.loads(line) for line in (train_dir / "trainer_log.jsonl").read_text().splitlines()]
     steps = [entry["current_steps"] for entry in logged if "loss" in entry]    # the last line repeats the step, no loss
     assert len(steps) == len(set(steps)) and len(logged) <= len(steps) + 1

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tlf_bin
+from conftest import patience, tlf_bin
 
 from telecom_lf import rundir, selection
 
@@ -140,7 +140,7 @@ def test_an_interrupted_selection_resumes_without_predicting_a_checkpoint_twice(
         assert time.monotonic() < end and select.poll() is None, "no first checkpoint predicted"
         time.sleep(0.2)
     select.send_signal(signal.SIGINT)
-    select.communicate(timeout=120)
+    select.communicate(timeout=patience(120))
     assert select.returncode != 0 and not (run / rundir.SELECTION).exists()
     stamp = first.stat().st_mtime_ns
     again = tlf("step", run, "select")

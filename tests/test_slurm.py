@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Terminal, spec_file, tlf_bin
+from conftest import Terminal, patience, spec_file, tlf_bin
 
 pytestmark = pytest.mark.slurm
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
@@ -50,6 +50,7 @@ def reason(job: str) -> str:
 
 
 def wait_final(jobs: list[str], timeout: float = 600) -> dict[str, str]:
+    timeout = patience(timeout)
     end = time.monotonic() + timeout
     while True:
         states = {j: state(j) for j in jobs}

@@ -9,14 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Terminal, tlf_bin
+from conftest import Terminal, patience, tlf_bin
 
 pytestmark = pytest.mark.integration
 WRAPPER = ("回答中国电信手机用户的问题,", ",应该怎么做？")
 
 
 def tlf(*args, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([tlf_bin(), *map(str, args)], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([tlf_bin(), *map(str, args)], capture_output=True, text=True, timeout=patience(900))
     if check and result.returncode != 0:
         raise AssertionError(f"tlf {' '.join(map(str, args))} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
