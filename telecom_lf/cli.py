@@ -329,16 +329,26 @@ def status(spec_path: Path, out: Path, overrides) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the scores as JSON here.")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed lines (counted) instead of failing.")
+@click.option("--against", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="B.jsonl",
+              help="Compare with another predictions file of the same questions: paired tests and 95 % intervals.")
 def score(predictions: Path, manifest: Path | None, split: str | None, long_threshold: int,
-          json_out: Path | None, skip_bad: bool) -> None:
-    """Score a generated_predictions.jsonl: exact match, long-answer recall, BLEU/ROUGE, item F1."""
+          json_out: Path | None, skip_bad: bool, against: Path | None) -> None:
+    """Score a generated_predictions.jsonl: exact match, long-answer recall, BLEU/ROUGE, item F1.
+
+    With --against B.jsonl: is the difference from B distinguishable from noise? Exact McNemar
+    for exact match and long-answer recall, a paired permutation test for ROUGE-1, paired
+    bootstrap 95 % intervals of each difference (A - B, percentage points)."""
     import json
 
     from . import score as score_mod
     from .fsutil import atomic_write
 
-    if json_out is not None and json_out.resolve() == predictions.resolve():
-        raise TlfError(f"--json {json_out}: is the predictions file itself; choose another path")
+    for given in (predictions, *([against] if against else []), *([manifest] if manifest else [])):
+        if json_out is not None and json_out.resolve() == given.resolve():
+            raise TlfError(f"--json {json_out}: is one of this command's inputs ({given}); choose another path")
+    if against is not None:
+        _score_against(predictions, against, json_out, skip_bad, long_threshold)
+        return
     read = score_mod.read_predictions(predictions, skip_bad)
     categories = None
     if manifest is not None:
@@ -352,6 +362,23 @@ def score(predictions: Path, manifest: Path | None, split: str | None, long_thre
     click.echo(score_mod.format_table(scores))
     if json_out:
         atomic_write(json_out, json.dumps(scores, ensure_ascii=False, indent=2) + "\n")
+
+
+def _score_against(a: Path, b: Path, json_out: Path | None, skip_bad: bool, long_threshold: int) -> None:
+    import json
+
+    from . import compare
+    from . import score as score_mod
+    from .fsutil import atomic_write
+
+    if long_threshold != score_mod.LONG_THRESHOLD:
+        raise TlfError("--long-threshold is not taken with --against (the comparison uses the blog's 10 characters)")
+    rows_a = score_mod.read_predictions(a, skip_bad).rows
+    rows_b = score_mod.read_predictions(b, skip_bad).rows
+    result = compare.compare_files(a, b, rows_a, rows_b)
+    click.echo(compare.describe(result["metrics"], str(a), str(b)))
+    if json_out:
+        atomic_write(json_out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
 
 
 @main.command()

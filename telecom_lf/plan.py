@@ -58,6 +58,8 @@ class RunPlan:
     point: dict = field(default_factory=dict)    # every swept argument's value in this run, defaults included
     reference: str | None = None    # the run this one is compared with: its A/B base in a vary sweep
     label: str | None = None        # what the run is, in words (spec labels:, or tlf's for the baseline)
+    seed: int | None = None         # a replica's seed (seeds:); None: the spec's seed
+    config: str | None = None       # a replica's configuration: the run's name without -s<seed>
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def count_runs(spec: Spec) -> int:
         if sweep.vary:
             points *= 1 + sum(len(values) for values in sweep.vary.values())
     per_model = (points if spec.train is not None else 1) + (spec.baseline == "upstream")
-    return per_model * len(spec.models)
+    return per_model * len(spec.models) * len(spec.seeds or (None,))
 
 
 def _refuse_huge(spec: Spec) -> None:
@@ -222,13 +224,28 @@ def expand(spec: Spec) -> list[RunPlan]:
             runs.append(RunPlan(name=_prefixed(model_name, BASELINE_NAME, multi_model), model_name=model_name,
                                 model_path=model_path, train_args=args, is_baseline=True, label=BASELINE_LABEL,
                                 point={k: _value(args, k) for k in swept}))
+    runs = _replicas(spec, _with_labels(spec, runs))
     seen: dict[str, RunPlan] = {}
     for run in runs:
         rundir.check_run_name(run.name, f"{spec.path}: run {run.name!r} (from {run.varied or 'the name'})")
         if run.name in seen:
             raise TlfError(f"{spec.path}: two runs are both named {run.name!r} (the sweep repeats a point)")
         seen[run.name] = run
-    return _with_labels(spec, runs)
+    return runs
+
+
+def replica_name(name: str, seed: int) -> str:
+    return f"{name}-s{seed}"
+
+
+def _replicas(spec: Spec, runs: list[RunPlan]) -> list[RunPlan]:
+    """seeds: every run once per seed, named <run>-s<seed>, compared with its reference's replica of
+    the same seed (so a Δ pairs runs that differ in one thing)."""
+    if not spec.seeds:
+        return runs
+    return [replace(run, name=replica_name(run.name, seed), seed=seed, config=run.name,
+                    reference=replica_name(run.reference, seed) if run.reference else None)
+            for run in runs for seed in spec.seeds]
 
 
 def _sweep_run(spec: Spec, model_name: str, model_path: str, point: dict, swept: list[str],

@@ -107,8 +107,11 @@ class RunEntry:
     point: dict
     reference: str | None
     label: str | None
+    seed: int | None = None          # a replica's seed (seeds:); written only for replicas
+    config: str | None = None        # a replica's configuration name
 
 
+OPTIONAL_RUN_KEYS = ("seed", "config")   # absent from a record of an experiment without replicas
 @dataclass(frozen=True)
 class ExperimentRecord:
     """The spec an experiment came from, its predict sets, its sweep axes and every run rendered."""
@@ -122,6 +125,10 @@ class ExperimentRecord:
 
     def to_json(self) -> bytes:
         values = asdict(self)
+        for run in values["runs"]:
+            for key in OPTIONAL_RUN_KEYS:
+                if run[key] is None:
+                    del run[key]
         return _dumps({"format_version": values.pop("format_version"), **values})
 
     def run(self, name: str) -> RunEntry | None:
@@ -146,7 +153,8 @@ class ExperimentRecord:
         entries = [RunEntry(name=r.get("name"), model=r.get("model"), varied=r.get("varied", {}),
                             baseline=bool(r.get("baseline")), train=bool(r.get("train", True)),
                             point=r.get("point", {}), reference=_text_or_none(r.get("reference")),
-                            label=_text_or_none(r.get("label"))) for r in runs]
+                            label=_text_or_none(r.get("label")), seed=_int_or_none(r.get("seed")),
+                            config=_text_or_none(r.get("config"))) for r in runs]
         return cls(
             experiment=str(record.get("experiment") or Path(where).parent.name),
             spec=str(record.get("spec", "")),
@@ -160,3 +168,7 @@ class ExperimentRecord:
 
 def _text_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

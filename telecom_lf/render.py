@@ -76,13 +76,17 @@ def _arg_origin(spec: Spec, run: RunPlan, key: str) -> str:
     return _from_spec(spec, "train", key)
 
 
-def _common(spec: Spec, config: Config) -> None:
+def _common(spec: Spec, run: RunPlan, config: Config) -> None:
     template_note = (
         f" (prompt: blog -> LLaMA-Factory 0.6's {spec.prompt.template})" if spec.prompt.mode == "blog" else ""
     )
     config.put("template", spec.prompt.lf_template, _from_spec(spec, "template") + template_note)
     config.put("dataset_dir", str(spec.data.dir), _from_spec(spec, "data", "dir"))
-    config.put("seed", spec.seed, _from_spec(spec, "seed") if spec.line("seed") else "tlf default: 42, as HF")
+    if run.seed is not None:
+        config.put("seed", run.seed, _from_spec(spec, "seeds") + " (this replica's)")
+    else:
+        origin = _from_spec(spec, "seed") if spec.line("seed") else f"tlf default: {spec.seed}, as HF"
+        config.put("seed", spec.seed, origin)
 
 
 def _model_origin(spec: Spec, run: RunPlan) -> str:
@@ -97,7 +101,7 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
     config.put("do_train", True, "tlf: the train step")
     if "finetuning_type" not in args:
         config.put("finetuning_type", "lora", "tlf default: LoRA, as the blog")
-    _common(spec, config)
+    _common(spec, run, config)
     config.put("dataset", spec.data.train, _from_spec(spec, "data", "train"))
     config.put("output_dir", str(run_dir / TRAIN_DIR), "tlf: the run directory (stable: resume after a requeue)")
     config.put("overwrite_output_dir", False, "tlf: resume from the last checkpoint, never wipe")
@@ -247,7 +251,7 @@ def predict_config(spec: Spec, run: RunPlan, run_dir: Path, dataset: str) -> Con
     config.put("predict_with_generate", True, "tlf: exact match scores generated text")
     config.put("finetuning_type", finetuning, _from_spec(spec, "train", "finetuning_type")
                if "finetuning_type" in (train or {}) else "tlf default: LoRA, as the blog")
-    _common(spec, config)
+    _common(spec, run, config)
     # 0.9.5 reads the predict set from eval_dataset; `dataset` fails there.
     config.put("eval_dataset", dataset, _from_spec(spec, "data", "predict"))
     config.put("output_dir", str(run_dir / predict_dir(dataset)), "tlf: the run directory")
@@ -398,7 +402,7 @@ def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dic
         model={"name": run.model_name, "path": run.model_path},
         prompt=spec.prompt.mode,
         template=spec.prompt.lf_template,
-        seed=spec.seed,
+        seed=run.seed if run.seed is not None else spec.seed,
         varied=run.varied,
         baseline=run.is_baseline,
         trains=run.train_args is not None,
@@ -430,7 +434,8 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
         experiment=spec.name, spec=str(spec.path), spec_sha256=spec.sha256, predict_sets=spec.data.predict,
         axes=[{"kind": a.kind, "arguments": list(a.arguments)} for a in plan_mod.axes(spec)],
         runs=[RunEntry(name=r.name, model=r.model_name, varied=r.varied, baseline=r.is_baseline,
-                       train=r.train_args is not None, point=r.point, reference=r.reference, label=r.label)
+                       train=r.train_args is not None, point=r.point, reference=r.reference, label=r.label,
+                       seed=r.seed, config=r.config)
               for r in runs])
     files.update(slurm.experiment_files(spec, runs, where.root))
     files[where.root / rundir.EXPERIMENT] = experiment.to_json()

@@ -37,6 +37,7 @@ class Row:
     line: int
     predict: str
     label: str
+    prompt: str | None = None       # 0.9.5 writes it; 0.6 files have none
 
 
 @dataclass
@@ -85,7 +86,8 @@ def read_predictions(path: Path, skip_bad: bool = False) -> ReadResult:
             result.skipped.append(message)
             continue
         formats.add("0.9.5" if "prompt" in record else "0.6")
-        result.rows.append(Row(number, record["predict"], record["label"]))
+        prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
+        result.rows.append(Row(number, record["predict"], record["label"], prompt))
     if not result.rows:
         raise TlfError(f"{path}: no predictions to score" + (f" ({len(result.skipped)} bad lines skipped)"
                                                              if result.skipped else " (empty file)"))

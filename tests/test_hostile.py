@@ -599,7 +599,7 @@ SCORE_CASES = [
     Case("score-huge-row-skipped-leaves-none", ["score", "{ws}/p.jsonl", "--skip-bad"], ["no predictions to score (1 bad lines skipped)"],
          files={"p.jsonl": json.dumps({"predict": "开通流量" * 7500, "label": "取消套餐" * 7500}) + "\n"}),
     Case("score-not-utf8", ["score", "{ws}/p.jsonl"], ["line 1: not UTF-8"], files={"p.jsonl": b'{"predict": "\xff"}\n'}),
-    Case("score-json-onto-predictions", ["score", "{ws}/p.jsonl", "--json", "{ws}/p.jsonl"], ["is the predictions file itself"],
+    Case("score-json-onto-predictions", ["score", "{ws}/p.jsonl", "--json", "{ws}/p.jsonl"], ["is one of this command's inputs"],
          files={"p.jsonl": '{"predict": "a", "label": "a"}\n'}),
     Case("score-json-into-directory", ["score", "{ws}/p.jsonl", "--json", "{ws}/d"], ["'--json': File", "is a directory"],
          files={"p.jsonl": '{"predict": "a", "label": "a"}\n', "d/.keep": ""}),

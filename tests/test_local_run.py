@@ -156,3 +156,25 @@ def test_one_process_per_run_keeps_each_steps_log_and_record_and_stops_at_a_fail
     assert adapter.stat().st_mtime_ns == trained
     states = {p.stem: json.loads(p.read_text())["state"] for p in (run_dir / "steps").glob("*.json")}
     assert states == dict.fromkeys(["train", "predict-telecom_test_100", "predict-telecom_train_100", "score"], "done")
+
+
+def test_a_local_sweep_over_two_seeds_runs_every_replica_and_reports_mean_and_sd(tiny_gemma, telecom_dir, tmp_path):
+    """seeds: [42, 7] on a two-point grid: four runs rendered and run, each with its own seed; the
+    report's table by configuration shows mean ± sd over the two replicas of each configuration."""
+    spec = spec_file(tmp_path / "seeded.yaml", tiny_gemma, telecom_dir,
+                     extra="seeds: [42, 7]\nsweep:\n  grid: {lora_rank: [2, 4]}\n")
+    out = tmp_path / "runs"
+    done = subprocess.run([tlf_bin(), "run", spec, "--out", out], capture_output=True, text=True,
+                          timeout=patience(1200))
+    assert done.returncode == 0, done.stderr[-3000:]
+    root = out / "seeded"
+    names = sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists())
+    assert names == ["r2-s42", "r2-s7", "r4-s42", "r4-s7"]
+    for name in names:
+        assert json.loads((root / name / "manifest.json").read_text())["seed"] == int(name.rsplit("-s", 1)[1])
+        assert (root / name / "scores.json").exists()
+    by_config = (root / "report" / "report_by_config.csv").read_text(encoding="utf-8").splitlines()
+    assert by_config[0].startswith("configuration,what,replicas,seeds,acc % mean ± sd [telecom_test_100]")
+    assert [line.split(",")[:4] for line in by_config[1:]] == [["r2", "", "2", "42 7"], ["r4", "", "2", "42 7"]]
+    assert all("±" in line for line in by_config[1:])
+    assert "by configuration (mean ± sd over seeds)" in done.stdout

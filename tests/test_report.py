@@ -401,3 +401,100 @@ def test_a_best_possible_reason_is_one_short_line(tmp_path, plain_data):
     [note] = [n for n in report.gather(root).notes if n.startswith("best possible")]
     assert note.startswith(f"best possible acc on {SET}: 40 % (line one $(rm -rf ~) ../../x y")
     assert "\n" not in note and "\r" not in note and len(note) < 400
+
+
+# ---------------------------------------------------------------- verdicts: tests, ties, loss flags
+
+
+def test_each_delta_carries_its_interval_and_p_and_ten_questions_decide_nothing(vary_study):
+    """10 questions: r8's +20 points over its base is 2 discordant questions, not a finding."""
+    study = report.gather(vary_study)
+    table = report.comparison_table(study).set_index("run")
+    interval, p = report.interval_column("acc", SET), report.p_column("acc", SET)
+    low, high = (float(v) for v in table.loc["r8", interval].strip("[]").split(","))
+    assert low <= 0 <= high and low < 20 < high
+    assert 0.05 <= table.loc["r8", p] <= 1
+    assert report.p_column("rouge-1", SET) in table.columns
+    terminal = report.write_report(vary_study).terminal
+    assert "Δacc" in terminal and "+20.0 " in terminal + " " and "*" not in terminal.split("\nΔacc:")[0]
+    notes = " ".join(study.notes)
+    assert "Holm-adjusted" in notes and "3 such comparisons" in notes
+    assert "tie within noise" in notes and "No best run" in notes
+    csv = (vary_study / "report" / "report.csv").read_text(encoding="utf-8")
+    assert interval in csv and p in csv
+
+
+def _sweep(root: Path, data: Path, rights: dict[str, int], logs: dict | None = None) -> Path:
+    runs = [{"name": name, "point": {"lora_rank": rank}} for rank, name in enumerate(rights, start=1)]
+    make_experiment(root, runs, [{"kind": "grid", "arguments": ["lora_rank"]}])
+    for name, right in rights.items():
+        make_run(root, data, name, right=right, rows=100, log=(logs or {}).get(name, _log(range(5, 45, 5))))
+    return root
+
+
+def test_the_best_run_is_named_only_when_it_is_distinguishable_from_every_other(tmp_path, telecom_dir):
+    study = report.gather(_sweep(tmp_path / "e", telecom_dir, {"good": 90, "mid": 40, "poor": 10}))
+    [best] = [n for n in study.notes if n.startswith("Best run")]
+    assert f"Best run on {SET} by exact match: good at 90.0 %" in best and "mid at 40.0 %" in best
+    assert "Holm-adjusted over 2 comparisons" in best
+
+
+def test_runs_that_all_score_zero_tie_and_no_best_run_is_named(tmp_path, telecom_dir):
+    study = report.gather(_sweep(tmp_path / "e", telecom_dir, {"a": 0, "b": 0, "c": 1}))
+    assert not any(n.startswith("Best run") for n in study.notes)
+    [tie] = [n for n in study.notes if n.startswith("No best run")]
+    assert "c (1.0 %), a (0.0 %), b (0.0 %)" in tie
+
+
+def _flat(loss: float, steps=range(5, 45, 5)):
+    return [{**entry, "loss": loss} for entry in _log(steps)]
+
+
+def test_a_healthy_sweep_has_no_loss_flag(tmp_path, telecom_dir):
+    logs = {"a": _log(range(5, 45, 5)), "b": _log(range(5, 45, 5), loss=2.2), "c": _log(range(5, 45, 5), loss=1.9)}
+    study = report.gather(_sweep(tmp_path / "e", telecom_dir, {"a": 50, "b": 40, "c": 45}, logs))
+    assert not any(r.flags for r in study.records)
+    assert "loss flags" not in report.comparison_table(study).columns
+    assert "!" not in report.terminal_table(study)
+
+
+def test_a_stalled_a_diverged_and_a_far_above_run_are_flagged_with_their_numbers(tmp_path, telecom_dir):
+    learning = [{**e, "loss": 2.0 * 0.7 ** i} for i, e in enumerate(_log(range(5, 45, 5)))]
+    logs = {"ok1": learning, "ok2": learning, "stalled": _flat(1.49),
+            "nan": [*learning[:3], *({**e, "loss": float("nan")} for e in learning[3:])]}
+    study = report.gather(_sweep(tmp_path / "e", telecom_dir, {"ok1": 60, "ok2": 55, "stalled": 1, "nan": 0}, logs))
+    flags = {r.name: r.flags for r in study.records}
+    assert not flags["ok1"] and not flags["ok2"]
+    assert any(f.startswith("stalled: loss 1.49 at the start") for f in flags["stalled"])
+    assert any(f.startswith("far above the others: final loss 1.49") for f in flags["stalled"])
+    assert flags["nan"] == ["diverged: loss is NaN or infinite from step 20 (5 logged step(s))"]
+    table = report.comparison_table(study).set_index("run")
+    assert table.loc["stalled", "loss flags"] == "stalled; far above the others"
+    assert any(n.startswith("stalled: stalled: loss") or "stalled: stalled" in n for n in study.notes)
+    assert "!" in report.terminal_table(study)
+
+
+def test_replicas_are_aggregated_per_configuration_and_compared_on_every_replica(tmp_path, telecom_dir):
+    """seeds: [42, 7]: two configurations x two seeds; the report shows mean ± sd (min–max) per
+    configuration, compares r8 with r4 pooled over seeds, and plots the spread."""
+    root = tmp_path / "e"
+    runs = [{"name": f"{config}-s{seed}", "point": {"lora_rank": rank}, "seed": seed, "config": config,
+             **({"reference": f"r4-s{seed}", "varied": {"lora_rank": 8}} if config == "r8" else {})}
+            for config, rank in (("r4", 4), ("r8", 8)) for seed in (42, 7)]
+    make_experiment(root, runs, [{"kind": "vary", "arguments": ["lora_rank"]}])
+    for name, right in (("r4-s42", 30), ("r4-s7", 34), ("r8-s42", 80), ("r8-s7", 86)):
+        make_run(root, telecom_dir, name, right=right, rows=100, log=_log(range(5, 45, 5)))
+    written = report.write_report(root)
+    study = report.gather(root)
+    assert [c.name for c in study.configs] == ["r4", "r8"]
+    by_config = (root / "report" / "report_by_config.csv").read_text(encoding="utf-8")
+    assert "32.0 ± 2.8" in by_config and "30.0–34.0" in by_config and "83.0 ± 4.2" in by_config
+    [r8] = [c for c in study.configs if c.name == "r8"]
+    tested = r8.comparisons[SET]
+    assert tested["diff"] == pytest.approx(51.0) and tested["p_value"] < 0.01 and tested["replicas"] == [2, 2]
+    assert "by configuration (mean ± sd over seeds)" in written.terminal and "+51.0*" in written.terminal
+    assert any(n.startswith("Replicas: each configuration ran 2 times") for n in study.notes)
+    assert any(n.startswith(f"Best configuration on {SET}") and "r8 ×2" in n for n in study.notes)
+    assert (root / "report" / "replicas.png").exists()
+    page = written.html.read_text(encoding="utf-8")
+    assert "By configuration (mean ± sd over seeds)" in page and "83.0 ± 4.2" in page

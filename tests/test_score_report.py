@@ -190,5 +190,5 @@ def test_score_refuses_to_write_its_json_over_the_predictions(tmp_path):
     blob = '{"prompt": "q", "predict": "a", "label": "a"}\n'
     predictions.write_text(blob)
     result = tlf("score", predictions, "--json", tmp_path / "." / "generated_predictions.jsonl", check=False)
-    assert result.returncode == 2 and "is the predictions file itself" in result.stderr
+    assert result.returncode == 2 and "is one of this command's inputs" in result.stderr
     assert predictions.read_text() == blob

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run_llamafactory, tlf_bin
+from conftest import REPO, run_llamafactory, spec_file, tlf_bin
 
 from telecom_lf import data
 from telecom_lf import plan as plan_mod
@@ -569,3 +569,47 @@ def test_blog_mode_predicts_with_the_blog_eras_limits_and_diff_shows_them(blog_d
     shown = tlf("diff", BLOG / "climb-400.yaml", "--out", tmp_path, f"--set=model={tiny_gemma}",
                 f"--set=data.dir={blog_data}").stdout
     assert "clean_up_tokenization_spaces" in shown and re.search(r"max_new_tokens\s+512", shown)
+
+
+# ---------------------------------------------------------------- seeds: replicas
+
+
+def test_seeds_replicate_every_run_each_with_its_seed_and_its_references_replica(telecom_dir, tiny_gemma, tmp_path):
+    spec = spec_file(tmp_path / "rep.yaml", tiny_gemma, telecom_dir,
+                     extra="seeds: [42, 7]\nbaseline: upstream\nsweep:\n  vary: {lora_rank: [8]}\n")
+    result = render(spec, tmp_path / "runs")
+    assert "6 run(s)" in result.stdout
+    experiment = json.loads((tmp_path / "runs" / "rep" / "experiment.json").read_text())
+    runs = {r["name"]: r for r in experiment["runs"]}
+    assert sorted(runs) == ["r8-s42", "r8-s7", "rep-s42", "rep-s7", "upstream-defaults-s42", "upstream-defaults-s7"]
+    assert runs["r8-s7"]["seed"] == 7 and runs["r8-s7"]["config"] == "r8" and runs["r8-s7"]["reference"] == "rep-s7"
+    for name, run in runs.items():
+        train = load_yaml(tmp_path / "runs" / "rep" / name / "train.yaml")
+        predict = load_yaml(tmp_path / "runs" / "rep" / name / "predict-telecom_test_100.yaml")
+        assert train["seed"] == predict["seed"] == run["seed"], name
+        manifest = json.loads((tmp_path / "runs" / "rep" / name / "manifest.json").read_text())
+        assert manifest["seed"] == run["seed"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[42, 7, 42]", "seeds.2: seed 42 is listed twice"),
+    ("[42, 1.5]", "seeds.1: expected a whole number"),
+    ("[42, '7']", "seeds.1: expected a whole number"),
+    ("[]", "expected a non-empty list of integer seeds"),
+    ("7", "expected a non-empty list of integer seeds"),
+    (str(list(range(101))), "101 seeds; at most 100"),
+    ("[-1]", "-1 is out of range"),
+])
+def test_bad_seeds_exit_2_with_one_message_naming_the_line(value, message, telecom_dir, tiny_gemma, tmp_path):
+    spec = spec_file(tmp_path / "bad.yaml", tiny_gemma, telecom_dir, extra=f"seeds: {value}\n")
+    result = render(spec, tmp_path / "runs", check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "bad.yaml:8: seeds" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_seed_and_seeds_together_are_refused(telecom_dir, tiny_gemma, tmp_path):
+    spec = spec_file(tmp_path / "both.yaml", tiny_gemma, telecom_dir, extra="seed: 3\nseeds: [1, 2]\n")
+    result = render(spec, tmp_path / "runs", check=False)
+    assert result.returncode == 2 and "give seed: (one run per configuration) or seeds: (replicas), not both" \
+        in result.stderr

@@ -21,7 +21,7 @@ LAYERS = [
     {"compat", "synth", "dora", "lock", "processes"},
     {"lfargs"},
     {"cluster", "data", "score", "use"},
-    {"tiny", "selection"},
+    {"tiny", "selection", "compare"},
     {"spec"},
     {"plan"},
     {"slurm"},

@@ -19,6 +19,8 @@ import pandas as pd
 from .. import lock, rundir
 from ..fsutil import write_all
 from . import plots as plots_module
+from . import replicas, verdicts
+from . import study as study_module
 from .page import html_page, markdown_page, units_line
 from .plots import axis_file, axis_plot, axis_title, loss_plot, plots, selection_plot
 from .study import (
@@ -30,17 +32,20 @@ from .study import (
     RunRecord,
     Study,
     delta_column,
-    gather,
+    interval_column,
     loss_curve,
     metric_column,
+    p_column,
     runtime_figures,
     safetensors_parameters,
     training_segments,
 )
-from .tables import comparison_table, swept_arguments, terminal_table
+from .tables import comparison_table, config_table, swept_arguments, terminal_table
 
 __all__ = [
     "plots_module",
+    "study_module",
+    "verdicts",
     "DELTA_METRICS",
     "FIGURES",
     "METRICS",
@@ -54,6 +59,8 @@ __all__ = [
     "axis_title",
     "comparison_table",
     "delta_column",
+    "interval_column",
+    "p_column",
     "gather",
     "html_page",
     "loss_curve",
@@ -72,6 +79,12 @@ __all__ = [
 ]
 
 
+def gather(root: Path) -> Study:
+    """Every run of the experiment at ``root``, with each comparison tested and each run's loss judged."""
+    root = Path(root).resolve()
+    return verdicts.judge(study_module.read(root), root)
+
+
 @dataclass
 class Report:
     directory: Path
@@ -88,15 +101,22 @@ def write_report(root: Path, out: Path | None = None) -> Report:
     study = gather(root)
     table = comparison_table(study)
     images = plots(study)
+    by_config = replicas.table(study, study.configs) if study.configs else None
     files: dict[Path, bytes] = {out / "report.csv": table.to_csv(index=False).encode("utf-8"),
-                                out / "report.md": markdown_page(study, table, images),
-                                out / "report.html": html_page(study, table, images, root, out)}
+                                out / "report.md": markdown_page(study, table, images, by_config),
+                                out / "report.html": html_page(study, table, images, root, out, by_config)}
+    if by_config is not None:
+        files[out / "report_by_config.csv"] = by_config.to_csv(index=False).encode("utf-8")
     files.update({out / name: blob for name, blob in images.items()})
     out.mkdir(parents=True, exist_ok=True)
     with lock.hold(out, f"tlf report of {study.name}", wait=True):   # short: queue, never refuse
         write_all(files)
-        for stale in [*out.glob("metrics_vs_*.png"), out / "loss.png", out / "selection.png"]:   # an earlier shape
+        earlier = [*out.glob("metrics_vs_*.png"), *(out / n for n in ("loss.png", "selection.png", "replicas.png",
+                                                                       "report_by_config.csv"))]
+        for stale in earlier:   # an earlier shape of the report
             if stale not in files:
                 stale.unlink(missing_ok=True)
-    terminal = terminal_table(study) + "".join(f"\nnote: {note}" for note in study.notes)
+    terminal = terminal_table(study) + (f"\n\nby configuration (mean ± sd over seeds):\n{config_table(by_config)}"
+                                        if by_config is not None else "")
+    terminal += "".join(f"\nnote: {note}" for note in study.notes)
     return Report(out, out / "report.md", out / "report.html", terminal, table)

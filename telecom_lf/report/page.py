@@ -73,7 +73,8 @@ def _category_table(study: Study, dataset: str, rows: list[dict]) -> dict:
             "acc": [[r.by_category.get(dataset, {}).get(c) for c in categories] for r in study.records]}
 
 
-def html_page(study: Study, table: pd.DataFrame, images: dict[str, bytes], root: Path, out: Path) -> bytes:
+def html_page(study: Study, table: pd.DataFrame, images: dict[str, bytes], root: Path, out: Path,
+              by_config: pd.DataFrame | None = None) -> bytes:
     """report.html: one self-contained file (inline CSS, JS and images; no network, no server)."""
     import base64
 
@@ -105,8 +106,17 @@ def html_page(study: Study, table: pd.DataFrame, images: dict[str, bytes], root:
     page = environment.get_template("report.html.j2").render(
         title=f"{study.name}: comparison report", spec=study.experiment.spec,
         summary=_summary(study), version=__version__, units=units_line(study, "compared with" in columns),
-        data_json=Markup(text))
+        data_json=Markup(text), by_config=_plain_table(by_config))
     return page.encode("utf-8")
+
+
+def _plain_table(table: pd.DataFrame | None) -> dict | None:
+    """A small table the template writes as plain HTML (jinja escapes every cell)."""
+    if table is None:
+        return None
+    return {"columns": list(table.columns),
+            "rows": [["–" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row]
+                     for row in table.itertuples(index=False)]}
 
 
 def _summary(study: Study) -> str:
@@ -115,13 +125,16 @@ def _summary(study: Study) -> str:
     return f"{len(states)} run(s): {', '.join(parts)}"
 
 
-def markdown_page(study: Study, table: pd.DataFrame, images: dict[str, bytes]) -> bytes:
+def markdown_page(study: Study, table: pd.DataFrame, images: dict[str, bytes],
+                  by_config: pd.DataFrame | None = None) -> bytes:
     lines = [f"# {study.name}: comparison report", "",
              f"Spec: `{study.experiment.spec}`  ", f"{_summary(study)}. The per-question view, sortable "
              "table and per-category accuracy are in report.html (one file; open it in a browser).", "",
              units_line(study, "compared with" in table.columns), ""]
     lines += [f"- {note}" for note in study.notes] + ([""] if study.notes else [])
     lines += [_markdown(table), ""]
+    if by_config is not None:
+        lines += ["## By configuration (mean ± sd over seeds)", "", _markdown(by_config), ""]
     lines += [f"![{name}]({name})" for name in images]
     return ("\n".join(lines) + "\n").encode("utf-8")
 

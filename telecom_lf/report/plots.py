@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
 from dataclasses import dataclass
 
+from . import replicas
 from .study import PLOT_METRICS, RunRecord, Study, _clip, _number, metric_column
 from .tables import _cell, _text
 
@@ -187,10 +189,15 @@ def plots(study: Study) -> dict[str, bytes]:
     chosen = selection_plot(study.records)
     if chosen:
         images["selection.png"] = chosen
+    # With replicas (seeds:), each configuration is one point: its replicas' mean.
+    points = dataclasses.replace(study, records=replicas.mean_records(study.configs)) if study.configs else study
     for axis in study.axes:
-        image = axis_plot(study, axis)
+        image = axis_plot(points, axis)
         if image:
             images[axis_file(axis)] = image
+    spread = replicas.plot(study, study.configs)
+    if spread:
+        images["replicas.png"] = spread
     return images
 
 

@@ -34,6 +34,14 @@ def delta_column(metric: str, dataset: str) -> str:
     return f"Δ{metric} pp [{dataset}]"
 
 
+def interval_column(metric: str, dataset: str) -> str:
+    return f"95% CI of Δ{metric} [{dataset}]"
+
+
+def p_column(metric: str, dataset: str) -> str:
+    return f"p of Δ{metric} [{dataset}]"
+
+
 @dataclass
 class RunRecord:
     name: str
@@ -50,6 +58,10 @@ class RunRecord:
     by_category: dict = field(default_factory=dict)   # predict set -> category -> accuracy %
     segments: int = 0                     # training segments (more than one: resumed)
     selection: dict | None = None         # selection.json: each checkpoint's dev score and the choice
+    comparisons: dict = field(default_factory=dict)   # (set, metric) -> the paired test against its reference
+    flags: list[str] = field(default_factory=list)    # what is wrong with its training loss, in words
+    seed: int | None = None               # a replica's seed (seeds:)
+    config: str | None = None             # a replica's configuration (its name without -s<seed>)
 
     @property
     def title(self) -> str:
@@ -64,6 +76,7 @@ class Study:
     questions: dict                       # predict set -> [{question, label, category}]
     notes: list[str]
     ceiling: dict = field(default_factory=dict)   # predict set -> best possible acc %, where the data says
+    configs: list = field(default_factory=list)   # replicas.Configuration per configuration (seeds:), else empty
 
     @property
     def sets(self) -> list[str]:
@@ -243,7 +256,7 @@ def _record(root: Path, entry: RunEntry, sets: list[str], reference: str | None,
                      baseline=entry.baseline, reference=reference, vary_base=vary_base, row=row,
                      losses=losses, failure=failure,
                      answers={d: _answers(run_dir, d) for d in sets}, by_category=by_category, segments=len(segments),
-                     selection=selection)
+                     selection=selection, seed=entry.seed, config=entry.config)
 
 
 def _reference(entry: RunEntry, names: list[str], baseline: str | None) -> str | None:
@@ -253,7 +266,8 @@ def _reference(entry: RunEntry, names: list[str], baseline: str | None) -> str |
     return baseline if baseline and entry.name != baseline else None
 
 
-def gather(root: Path) -> Study:
+def read(root: Path) -> Study:
+    """Every run of the experiment at ``root`` as its records and files say (no test yet: verdicts.judge)."""
     experiment = rundir.Experiment(root).read()
     sets, runs = experiment.predict_sets, experiment.runs
     names = [r.name for r in runs]
@@ -332,23 +346,9 @@ def _categories(split_manifest: Path | None, dataset: str) -> list[str]:
         return []
 
 
-def _winner(records: list[RunRecord]) -> list[str]:
-    """With checkpoint selection, the sweep's best run is the one with the best dev score (its
-    test scores are reported, never used to choose)."""
-    scored = [(r.selection["chosen"].get(r.selection.get("metric")), r) for r in records if r.selection]
-    scored = [(value, r) for value, r in scored if _number(value)]
-    if len(scored) < 2:
-        return []
-    best = max(value for value, _ in scored)
-    winner = next(r for value, r in scored if value == best)
-    metric, on = winner.selection.get("metric"), winner.selection.get("on")
-    return [f"Best run by {metric} on the dev set {on} (how select: chooses; the test sets did not take part): "
-            f"{winner.title}, checkpoint-{winner.selection['chosen'].get('step')}, {best} %."]
-
-
 def _notes(records: list[RunRecord], questions: dict, instruction: str | None) -> list[str]:
     """What a reader should know before believing the numbers."""
-    notes = _winner(records)
+    notes = []
     for record in records:
         constant = {d: a[0][0].strip() for d, a in record.answers.items()
                     if len(a) > 1 and len({predicted.strip() for predicted, _ in a}) == 1}

@@ -7,7 +7,19 @@ import unicodedata
 
 import pandas as pd
 
-from .study import DELTA_METRICS, FIGURES, METRICS, TERMINAL_METRICS, RunRecord, Study, delta_column, metric_column
+from .. import compare
+from .study import (
+    DELTA_METRICS,
+    FIGURES,
+    METRICS,
+    TERMINAL_METRICS,
+    RunRecord,
+    Study,
+    delta_column,
+    interval_column,
+    metric_column,
+    p_column,
+)
 
 # ---------------------------------------------------------------- the comparison table
 
@@ -23,6 +35,7 @@ def comparison_table(study: Study) -> pd.DataFrame:
     compared = any(r.reference for r in study.records)
     labelled = any(r.label for r in study.records)
     selected = any(r.selection for r in study.records)
+    flagged = any(r.flags for r in study.records)
     rows = []
     for record in study.records:
         row = {"run": record.name, **({"what": record.label or ""} if labelled else {}), "state": record.state}
@@ -38,14 +51,35 @@ def comparison_table(study: Study) -> pd.DataFrame:
                     theirs = reference.row.get(column) if reference else None
                     row[delta_column(metric, dataset)] = (round(mine - theirs, 2)
                                                           if mine is not None and theirs is not None else None)
+                    row.update(_tested_cells(record, metric, dataset))
         if selected:
             row.update(_selection_cells(record))
         row.update({FIGURES[key]: record.row.get(key) for key in FIGURES})
+        if flagged:
+            row["loss flags"] = "; ".join(flag.split(":", 1)[0] for flag in record.flags)
         rows.append(row)
     table = pd.DataFrame(rows)
     if "trainable params" in table:
         table["trainable params"] = table["trainable params"].astype("Int64")   # a count, even beside a gap
     return table
+
+
+def _tested_cells(record: RunRecord, metric: str, dataset: str) -> dict:
+    """The Δ's paired bootstrap interval and its p-value (Holm-adjusted in a sweep of several)."""
+    tested = record.comparisons.get((dataset, metric))
+    if not tested or tested.get("p_value") is None:
+        return {interval_column(metric, dataset): None, p_column(metric, dataset): None}
+    low, high = tested["diff_ci"]
+    return {interval_column(metric, dataset): f"[{low:+.1f}, {high:+.1f}]",
+            p_column(metric, dataset): round(tested["p_holm"], 4)}
+
+
+def delta_text(record: RunRecord, metric: str, dataset: str) -> str:
+    """A Δ as the terminal shows it: pp, signed, * when distinguishable from noise."""
+    tested = record.comparisons.get((dataset, metric))
+    if not tested or tested.get("diff") is None:
+        return "–"
+    return f"{tested['diff']:+.1f}" + ("*" if compare.distinguishable(tested["p_holm"]) else "")
 
 
 def _selection_cells(record: RunRecord) -> dict:
@@ -84,21 +118,32 @@ def _width(text: str) -> int:
 
 def terminal_table(study: Study) -> str:
     """The table a terminal has room for: each run with what it is, its state, the main metrics in
-    percent per predict set, and the final loss."""
+    percent per predict set (with Δacc against its reference, * when distinguishable from noise),
+    and the final loss (! when its loss is flagged)."""
     prefix = _common_prefix(study.sets)
     labelled = any(r.label for r in study.records)
-    headers = ["run", *["what"] * labelled, "state"] + [f"{metric} % {dataset[len(prefix):]}" for dataset in study.sets
-                                                        for metric in TERMINAL_METRICS] + ["final loss"]
+    compared = any(r.comparisons for r in study.records)
+    per_set = [*TERMINAL_METRICS, *(["Δacc"] if compared else [])]
+    headers = ["run", *["what"] * labelled, "state"] + [f"{metric}{' %' if metric in METRICS else ''} "
+                                                        f"{dataset[len(prefix):]}" for dataset in study.sets
+                                                        for metric in per_set] + ["final loss"]
     rows = [
         [r.name, *[r.label or ""] * labelled, r.state]
-        + [_text(r.row.get(metric_column(m, d))) for d in study.sets for m in TERMINAL_METRICS]
-        + [_text(r.row.get("final_loss"))]
+        + [_text(r.row.get(metric_column(m, d))) if m in METRICS else delta_text(r, "acc", d)
+           for d in study.sets for m in per_set]
+        + [_text(r.row.get("final_loss")) + ("!" if r.flags else "")]
         for r in study.records
     ]
     widths = [max(_width(str(c)) for c in column) for column in zip(headers, *rows)]
     def line(cells):
         return "  ".join(str(c) + " " * (w - _width(str(c))) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+    legend = []
+    if compared:
+        legend.append("Δacc: percentage points against the run it is compared with; * distinguishable from noise at "
+                      "5 % (exact McNemar, Holm-adjusted in a sweep), no * not distinguishable")
+    if any(r.flags for r in study.records):
+        legend.append("!: the run's training loss is flagged (see the notes)")
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows), *legend])
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -110,3 +155,22 @@ def _common_prefix(names: list[str]) -> str:
     return first[:first.rfind("_", 0, common) + 1]
 
 
+def config_table(table: pd.DataFrame) -> str:
+    """The by-configuration table for a terminal: name, replicas, exact match per set, Δ with *."""
+    acc = [c for c in table.columns if c.startswith("acc % mean ± sd")]
+    deltas = [c for c in table.columns if c.startswith("Δacc pp")]
+    headers = ["configuration", "n", *[c.replace("acc % mean ± sd ", "acc % ") for c in acc],
+               *[c.replace("Δacc pp ", "Δacc ") for c in deltas]]
+    rows = []
+    for _, row in table.iterrows():
+        cells = [row["configuration"], str(row["replicas"]), *[str(row[c]) for c in acc]]
+        for column in deltas:
+            p = row[column.replace("Δacc pp", "p of Δacc")]
+            delta = row[column]
+            cells.append("–" if delta is None or pd.isna(delta)
+                         else f"{delta:+.1f}" + ("*" if compare.distinguishable(None if pd.isna(p) else p) else ""))
+        rows.append(cells)
+    widths = [max(_width(str(c)) for c in column) for column in zip(headers, *rows)]
+    def line(cells):
+        return "  ".join(str(c) + " " * (w - _width(str(c))) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])

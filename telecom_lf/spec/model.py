@@ -84,6 +84,7 @@ class Spec:
     predict: dict
     lines: dict[tuple, int]
     seed: int = default(ExperimentKeys, "seed")
+    seeds: tuple[int, ...] | None = None   # replicas: every run once per seed
     sweep: Sweep | None = None
     select: Select | None = None     # checkpoint selection on a dev set
     speed: Speed = Speed()

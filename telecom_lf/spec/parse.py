@@ -21,6 +21,7 @@ from .schema import (
     DECODING,
     DORA_KERNELS,
     HUB_ID_RE,
+    MAX_SEEDS,
     NAME_RE,
     PROMPT_MODES,
     RESERVED,
@@ -403,8 +404,31 @@ def _parse_experiment(raw: dict, check: _Checker) -> dict:
     if not NAME_RE.fullmatch(name) or ".." in name or len(name) > guard.MAX_COMPONENT_BYTES:
         check.fail(("name",), f"experiment names use letters, digits and _ . + - only, at most "
                               f"{guard.MAX_COMPONENT_BYTES} of them (the name is a directory)")
-    return {"name": name, "seed": seed, "baseline": baseline, "sweep": _parse_sweep(raw.get("sweep"), check),
+    return {"name": name, "seed": seed, "seeds": _parse_seeds(raw, check), "baseline": baseline,
+            "sweep": _parse_sweep(raw.get("sweep"), check),
             "labels": _parse_labels(raw.get("labels"), check)}
+
+
+def _parse_seeds(raw: dict, check: _Checker) -> tuple[int, ...] | None:
+    """seeds: a list of distinct 32-bit integers, at most MAX_SEEDS of them, instead of seed:."""
+    seeds = raw.get("seeds")
+    if seeds is None:
+        return None
+    if "seed" in raw:
+        check.fail(("seeds",), "give seed: (one run per configuration) or seeds: (replicas), not both")
+    if not isinstance(seeds, list) or not seeds:
+        check.fail(("seeds",), "expected a non-empty list of integer seeds, e.g. [42, 7, 1]")
+        return None
+    if len(seeds) > MAX_SEEDS:
+        check.fail(("seeds",), f"{len(seeds)} seeds; at most {MAX_SEEDS} (each one replicates every run)")
+        return None
+    for index, seed in enumerate(seeds):
+        if check.guarded(("seeds", index), guard.integer, seed, "", 0, 2**32 - 1) is None:
+            return None
+        if seed in seeds[:index]:
+            check.fail(("seeds", index), f"seed {seed} is listed twice")
+            return None
+    return tuple(seeds)
 
 
 MAX_LABEL = 80

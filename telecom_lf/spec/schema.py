@@ -16,6 +16,7 @@ DECODING = ("greedy", "sampled")
 # Keys tlf writes itself: setting them in a spec would silently fight the plan.
 RESERVED = {"model_name_or_path", "adapter_name_or_path", "dataset", "eval_dataset", "dataset_dir",
             "output_dir", "do_train", "do_predict", "do_eval", "stage", "template", "seed"}
+MAX_SEEDS = 100
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 TIE_RE = re.compile(rf" *(?:(?P<k1>{NUMBER}) *\* *(?P<n1>[a-z_]+)|(?P<n2>[a-z_]+)(?: *\* *(?P<k2>{NUMBER}))?) *")
@@ -41,6 +42,9 @@ class ExperimentKeys:
     model: str | None = _key(None, "model directory (relative to the spec) or hub id (resolved at run time)")
     models: dict | None = _key(None, "name -> model path: a model comparison, one run per model and sweep point")
     seed: int = _key(42, "LLaMA-Factory's seed for training and predict")
+    seeds: list | None = _key(None, f"replicate every run over these seeds (e.g. [42, 7, 1]; at most {MAX_SEEDS}, "
+                                    "instead of seed:): runs are named <run>-s<seed>, and the report shows each "
+                                    "configuration as mean ± sd over them and compares configurations on all replicas")
     baseline: str | None = _key(None, "upstream: add a run with LLaMA-Factory's own defaults for every "
                                       "hyper-parameter (only infrastructure settings kept)")
     labels: dict = _key({}, "run name -> what the run is, shown beside its name in the report and the "
