@@ -9,22 +9,10 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_base import Group
+from .cli_base import SET_OPTION, Group, load_spec, spec_options
 from .cli_data import data, model
+from .cli_use import chat, export, probe
 from .errors import Failed, TlfError
-
-
-def _export_target(to: Path | None, deprecated_out: Path | None) -> Path:
-    """--to, or the deprecated --out (one release, with a warning): where the export goes."""
-    if to is not None and deprecated_out is not None:
-        raise TlfError("give --to DIR only (--out is its deprecated old name)")
-    if deprecated_out is not None:
-        click.echo("tlf: warning: `tlf export --out` is deprecated; use --to DIR (--out means the runs root in "
-                   "every other command, and will here too in the next release)", err=True)
-        return deprecated_out
-    if to is None:
-        raise click.UsageError("Missing option '--to' (the directory to write the merged model to).")
-    return to
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120,
@@ -32,33 +20,6 @@ def _export_target(to: Path | None, deprecated_out: Path | None) -> Path:
 @click.version_option(__version__, prog_name="tlf")
 def main() -> None:
     """tlf: the blog's telecom-QA LoRA study on LLaMA-Factory and Slurm, as one tool."""
-
-
-SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-RUNS_OUT_OPTION = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-                               show_default=True, help="The runs root: runs go to OUT/<experiment>/<run>/.")
-SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Override a spec key (dotted, YAML value), e.g. model=/models/tiny "
-                               "or predict.fp16=false. Repeatable.")
-
-
-def spec_options(*options):
-    """SPEC, --out (the runs root), the command's own options, then --set: every command that
-    reads a spec takes them in this order."""
-    def decorate(function):
-        for option in reversed((SPEC_ARGUMENT, RUNS_OUT_OPTION, *options, SET_OPTION)):
-            function = option(function)
-        return function
-    return decorate
-
-
-def _load_spec(spec_path: Path, overrides, require_model: bool = True):
-    from . import spec as spec_mod
-
-    loaded = spec_mod.load(spec_path, list(overrides), require_model)
-    for note in loaded.notes:
-        click.echo(f"tlf: note: {note}", err=True)
-    return loaded
 
 
 @main.command("spec")
@@ -80,7 +41,7 @@ def spec_command(spec_path: Path | None, help_keys: bool, markdown: bool, overri
         return
     if spec_path is None:
         raise TlfError("give SPEC to validate, or --help-keys")
-    loaded = _load_spec(spec_path, overrides)
+    loaded = load_spec(spec_path, overrides)
     runs = plan_mod.expand(loaded)
     click.echo(f"{spec_path}: valid; experiment {loaded.name}, {len(runs)} run(s): {', '.join(r.name for r in runs)}")
 
@@ -92,7 +53,7 @@ def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) ->
     """Render SPEC into LLaMA-Factory YAMLs, sbatch files and manifests, one directory per run."""
     from . import render as render_mod
 
-    spec = _load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides)
     runs, files = render_mod.plan_and_render(spec, out)
     changed = render_mod.plan_writes(files, force)  # a dry run refuses exactly what a real one would
     if dry_run:
@@ -108,16 +69,25 @@ def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) ->
     _print_next_steps(spec, spec_path, out, where, runs)
 
 
+def next_command(verb: str, spec_path: Path, out: Path) -> str:
+    """A command line to copy and paste: quoted, with --out, and ``--`` before a spec path that
+    begins with '-' (it would read as an option)."""
+    from shlex import quote
+
+    path = quote(str(spec_path))
+    return f"tlf {verb} --out {quote(str(out))} {'-- ' if str(spec_path).startswith('-') else ''}{path}"
+
+
 def _print_next_steps(spec, spec_path: Path, out: Path, where, runs) -> None:
     from shlex import quote
 
     from . import rundir
 
-    command = f"{quote(str(spec_path))} --out {quote(str(out))}"
     if spec.cluster.profile is None:
-        click.echo(f"\nnext: tlf run {command}")
+        click.echo(f"\nnext: {next_command('run', spec_path, out)}")
         return
-    click.echo(f"\nnext, one of:\n  tlf submit {command}      # chains (a sweep: one job array), then the report")
+    click.echo(f"\nnext, one of:\n  {next_command('submit', spec_path, out)}      # chains (a sweep: one job array), "
+               "then the report")
     click.echo(f"  bash {quote(str(where.root / rundir.SUBMIT_SCRIPT))}      # the same chains with plain sbatch")
     for run in runs:
         click.echo(
@@ -134,7 +104,7 @@ def diff(spec_path: Path, out: Path, run_name: str | None, show_all: bool, overr
     from . import diff as diff_mod
     from . import plan as plan_mod
 
-    spec = _load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides)
     runs = plan_mod.expand(spec)
     chosen = next((r for r in runs if r.name == run_name), None) if run_name else runs[0]
     if chosen is None:
@@ -170,7 +140,7 @@ def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per
 )
 def run(spec_path: Path, out: Path, only, force: bool, wait: bool, overrides) -> None:
     """Render SPEC and run every step locally, without Slurm, then write the report."""
-    _run_spec(_load_spec(spec_path, overrides), out, only, force, wait)
+    _run_spec(load_spec(spec_path, overrides), out, only, force, wait)
 
 
 def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False, worker=None):
@@ -231,7 +201,7 @@ def demo(out: Path, force: bool) -> None:
     data_dir = demo_mod.prepare_data(out, click.echo)
     with processes.Worker() as worker:     # one LLaMA-Factory process: the pre-training and every run
         base = demo_mod.prepare_base_model(out, click.echo, worker)
-        spec = _load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
+        spec = load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
         _run_spec(spec, out / "runs", (), force, worker=worker)
     click.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")
 
@@ -250,7 +220,7 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     from . import executor, rundir, scheduler
     from . import render as render_mod
 
-    spec = _load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides)
     if spec.cluster.profile is None:
         raise TlfError(f"{spec.where('cluster')}: `tlf submit` needs a cluster profile (e.g. cluster: dcu)")
     runs, files = render_mod.plan_and_render(spec, out)
@@ -278,7 +248,8 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
         for name, ids in record["runs"].items():
             click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
         click.echo(f"report {record['report']}")
-    click.echo(f"job ids recorded in {where.root / rundir.JOBS}; `tlf status {spec_path}` shows progress")
+    click.echo(f"job ids recorded in {where.root / rundir.JOBS}; `{next_command('status', spec_path, out)}` shows "
+               "progress")
 
 
 def _refuse_active_jobs(spec, where, names: list[str]) -> None:
@@ -309,7 +280,7 @@ def status(spec_path: Path, out: Path, overrides) -> None:
     from . import render as render_mod
     from . import scheduler, slurm
 
-    spec = _load_spec(spec_path, overrides, require_model=False)
+    spec = load_spec(spec_path, overrides, require_model=False)
     names = [r.name for r in plan_mod.expand(spec)]
     job_names = {n: slurm.job_name(spec, n) for n in names}
     lines, problem = scheduler.status_lines(render_mod.layout(spec, out), names, job_names)
@@ -398,194 +369,14 @@ def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, roo
     if root is None:
         if spec_path is None:
             raise TlfError("give SPEC or --root EXPERIMENT_DIR")
-        root = render_mod.layout(_load_spec(spec_path, overrides, require_model=False), runs_root).root
+        root = render_mod.layout(load_spec(spec_path, overrides, require_model=False), runs_root).root
     _print_report(report_mod.write_report(root, report_dir))
 
 
 # ---------------------------------------------------------------- using what a study found
 
-TARGET_ARGUMENT = click.argument("target", metavar="SPEC|RUN_DIR", type=click.Path(exists=True, path_type=Path))
-RUN_OPTION = click.option("--run", "run_name", default=None, help="The run of SPEC (not needed with RUN_DIR).")
-CHECKPOINT_OPTION = click.option("--checkpoint", default=None, metavar="STEP",
-                                 help="A kept checkpoint's step instead of the final adapter.")
-
-
-def _experiment_runs(target: Path, out: Path, overrides):
-    """SPEC -> (spec, its rendered runs); RUN_DIR -> (None, [that run])."""
-    from . import plan as plan_mod
-    from . import render as render_mod
-    from . import rundir
-
-    if target.is_dir():
-        return None, [rundir.open_run(target)]
-    spec = _load_spec(target, overrides, require_model=False)
-    where = render_mod.layout(spec, out)
-    return spec, [rundir.open_run(where.run_dir(r.name)) for r in plan_mod.expand(spec)]
-
-
-def _one_run(target: Path, out: Path, run_name: str | None, overrides):
-    spec, runs = _experiment_runs(target, out, overrides)
-    names = [r.name for r in runs]
-    if run_name is None and len(runs) == 1:
-        return spec, runs[0]
-    if run_name is None or run_name not in names:
-        given = "give --run NAME" if run_name is None else f"--run {run_name!r}: no such run"
-        raise TlfError(f"{target}: {given}; runs: {', '.join(names)}")
-    return spec, runs[names.index(run_name)]
-
-
-@main.command()
-@TARGET_ARGUMENT
-@RUN_OPTION
-@RUNS_OUT_OPTION
-@CHECKPOINT_OPTION
-@click.option("--base", is_flag=True, help="Chat with the base model (no adapter), as the blog did before training.")
-@click.option("--raw", is_flag=True, help="Send what you type as the whole prompt (no instruction wrapper).")
-@click.option("--history", is_flag=True, help="Keep the conversation (default: each question asked fresh, as predict).")
-@click.option("--srun", is_flag=True, help="Run the chat on a compute node: srun --pty from SPEC's cluster profile.")
-@SET_OPTION
-def chat(target: Path, run_name: str | None, out: Path, checkpoint: str | None, base: bool, raw: bool,
-         history: bool, srun: bool, overrides) -> None:
-    """Talk to a run's model in the terminal, with its adapter, template, decoding and instruction."""
-    from . import chat as chat_mod
-    from . import use
-
-    spec, run = _one_run(target, out, run_name, overrides)
-    model = use.resolve(run, checkpoint, base)
-    if srun:
-        _chat_on_node(spec, run.path, [f"--checkpoint={checkpoint}"] * bool(checkpoint)
-                      + ["--base"] * base + ["--raw"] * raw + ["--history"] * history)
-    sys.exit(chat_mod.chat(model, raw, history))
-
-
-def _chat_on_node(spec, run_dir: Path, flags: list[str]) -> None:
-    import os
-    import shutil
-
-    from . import chat as chat_mod
-    from . import slurm
-
-    if spec is None or spec.cluster.profile is None:
-        raise TlfError("--srun needs SPEC with a cluster profile (cluster: NAME), not a run directory")
-    if shutil.which("srun") is None:
-        raise TlfError("--srun: no `srun` on PATH; run it where Slurm's client commands are")
-    command = chat_mod.srun_command(
-        slurm.interactive_srun(spec.cluster.profile, slurm.job_name(spec, "chat")),
-        slurm.setup_lines(spec.cluster.profile),
-        spec.cluster.profile.python or sys.executable,
-        [str(run_dir), *flags],
-    )
-    sys.stdout.flush()
-    os.execvp(command[0], command)
-
-
-@main.command()
-@click.argument("spec_path", metavar="SPEC", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@RUNS_OUT_OPTION
-@click.option(
-    "--question",
-    "asked",
-    multiple=True,
-    metavar="TEXT",
-    help="A question (the data's instruction is added). Repeatable.",
-)
-@click.option("--questions", "questions_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="A file: one question per line, or JSON lines {\"question\", \"expected\"}.")
-@click.option("--from", "from_set", metavar="SET", help="Ask the first --rows rows of a registered set.")
-@click.option("--rows", type=click.IntRange(min=1, max=10_000), default=5, show_default=True,
-              help="Rows taken by --from (and by default, from the first predict set).")
-@click.option("--raw", is_flag=True, help="Questions are whole prompts (no instruction wrapper).")
-@click.option("--submit", is_flag=True, help="Run it as one Slurm job from SPEC's cluster profile; returns at once.")
-@click.option("--request", type=click.Path(dir_okay=False, path_type=Path),
-              help="Answer a probe prepared earlier (its probe_request.json): what a submitted job runs.")
-@SET_OPTION
-def probe(spec_path: Path | None, out: Path, asked, questions_file: Path | None, from_set: str | None, rows: int,
-          raw: bool, submit: bool, request: Path | None, overrides) -> None:
-    """The base model and every trained run answer the same questions, side by side (greedy)."""
-    from . import probe as probe_mod
-
-    if request is not None:
-        runs, questions = probe_mod.load_request(request)
-        where = request.resolve().parent
-    else:
-        spec, runs, where, questions = _prepare_probe(spec_path, out, asked, questions_file, from_set, rows, raw,
-                                                      overrides)
-        if submit:
-            _submit_probe(spec, where)
-            return
-    table = probe_mod.probe(runs, where, questions, click.echo)
-    click.echo("")
-    click.echo(table)
-    click.echo(f"\nprobe: {where / 'probe.md'} (and probe.json)")
-
-
-def _prepare_probe(spec_path, out, asked, questions_file, from_set, rows, raw, overrides):
-    from . import probe as probe_mod
-    from . import render as render_mod
-    from . import use
-
-    if spec_path is None:
-        raise TlfError("give SPEC (or --request PROBE_DIR/probe_request.json)")
-    spec, runs = _experiment_runs(spec_path, out, overrides)
-    items = [{"question": probe_mod.check_question(q, "--question"), "expected": None} for q in asked]
-    if questions_file is not None:
-        items += probe_mod.read_questions_file(questions_file)
-    questions = probe_mod.questions(runs[0], use.instruction_wrapper(runs[0]), items, from_set, rows, raw)
-    where = probe_mod.prepare(runs, render_mod.layout(spec, out).report_dir, questions)
-    return spec, runs, where, questions
-
-
-def _submit_probe(spec, where: Path) -> None:
-    from . import probe as probe_mod
-    from . import scheduler, slurm
-    from .fsutil import atomic_write
-
-    if spec.cluster.profile is None:
-        raise TlfError(f"{spec.where('cluster')}: --submit needs a cluster profile (e.g. cluster: dcu)")
-    script = where / probe_mod.JOB_SCRIPT
-    atomic_write(script, slurm.probe_script(spec, where, where / probe_mod.REQUEST))
-    job = scheduler.submit_script(script)
-    click.echo(f"probe job {job}: {script}; answers go to {where / 'probe.md'} (log beside it)")
-
-
-@main.command()
-@TARGET_ARGUMENT
-@RUN_OPTION
-@click.option("--runs", "runs_root", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="The runs root SPEC was rendered into (render's --out).")
-@click.option(
-    "--checkpoint", default=None, metavar="STEP", help="A kept checkpoint's step instead of the final adapter."
-)
-@click.option("--to", "export_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="The directory to write (required).")
-@click.option("--out", "deprecated_out", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Deprecated: the old name of --to, kept for one release (--out is the runs root elsewhere).")
-@click.option("--rows", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Rows of the run's test set the merged model must answer as the adapter did.")
-@click.option("--allow-diff", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Rows allowed to differ (half-precision merges can flip a near-tie).")
-@click.option("--verify-only", is_flag=True, help="Only check an existing export in --to against the adapter.")
-@click.option("--force", is_flag=True, help="Replace --to when it exists.")
-@SET_OPTION
-def export(target: Path, run_name: str | None, runs_root: Path, checkpoint: str | None, export_dir: Path | None,
-           deprecated_out: Path | None, rows: int, allow_diff: int, verify_only: bool, force: bool, overrides) -> None:
-    """Merge a run's adapter into a standalone model with a model card, checked against the adapter."""
-    from . import export as export_mod
-    from . import use
-
-    export_dir = _export_target(export_dir, deprecated_out)
-
-    _, run = _one_run(target, runs_root, run_name, overrides)
-    model = use.resolve(run, checkpoint)
-    if verify_only:
-        export_mod.verify_existing(run, model, export_dir, rows, allow_diff, click.echo)
-        return
-    export_mod.export(run, model, export_dir, rows, force, allow_diff, click.echo)
-    click.echo(f"exported {model.label} to {export_dir} (model card: {export_dir / export_mod.CARD})")
-
-
-main.add_command(data)
-main.add_command(model)
+for command in (data, model, chat, probe, export):
+    main.add_command(command)
 
 
 if __name__ == "__main__":

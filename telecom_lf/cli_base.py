@@ -18,7 +18,7 @@ def _first_line(command: click.Command) -> str:
     return text.splitlines()[0] if text else ""
 
 
-class _Command(click.Command):
+class Command(click.Command):
     """`tlf --help` lists each command with its whole first line, not click's 45 characters."""
 
     def get_short_help_str(self, limit: int = 45) -> str:
@@ -28,7 +28,7 @@ class _Command(click.Command):
 class Group(click.Group):
     """Bad input (TlfError) anywhere below: one message, exit 2; a failed step or job: exit 1."""
 
-    command_class = _Command
+    command_class = Command
 
     def get_short_help_str(self, limit: int = 45) -> str:
         return _first_line(self)
@@ -72,3 +72,30 @@ def _save_traceback() -> str:
 
 
 Group.group_class = Group
+
+
+SPEC_ARGUMENT = click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+RUNS_OUT_OPTION = click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                               show_default=True, help="The runs root: runs go to OUT/<experiment>/<run>/.")
+SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a spec key (dotted, YAML value), e.g. model=/models/tiny "
+                               "or predict.fp16=false. Repeatable.")
+
+
+def spec_options(*options):
+    """SPEC, --out (the runs root), the command's own options, then --set: every command that
+    reads a spec takes them in this order."""
+    def decorate(function):
+        for option in reversed((SPEC_ARGUMENT, RUNS_OUT_OPTION, *options, SET_OPTION)):
+            function = option(function)
+        return function
+    return decorate
+
+
+def load_spec(spec_path: Path, overrides, require_model: bool = True):
+    from . import spec as spec_mod
+
+    loaded = spec_mod.load(spec_path, list(overrides), require_model)
+    for note in loaded.notes:
+        click.echo(f"tlf: note: {note}", err=True)
+    return loaded

@@ -81,6 +81,10 @@ def read_predictions(path: Path, skip_bad: bool = False) -> ReadResult:
             problem = "JSON nested too deeply"
         if problem:
             message = f"{path}: line {number}: {problem}"
+            oversized = problem.startswith("predict (")
+            if not skip_bad and not result.rows and not oversized:   # the first line already: another kind of file
+                raise TlfError(message + "; expected a generated_predictions.jsonl (one JSON object a line, with "
+                                         "predict and label)")
             if not skip_bad:
                 raise TlfError(message + "; pass --skip-bad to score the other rows")
             result.skipped.append(message)

@@ -96,14 +96,16 @@ def _adapter_dir(run: Run, checkpoint: str | None) -> tuple[Path, str]:
             raise TlfError(
                 "--checkpoint best needs a checkpoint selection (`select:` in the spec)"
                 + (" that has finished (`tlf step RUN select`)" if run.select else ", which this run does not have")
-                + "; give a step number, or leave it out for the final adapter"
+                + "; give a step number, or --checkpoint last for the final adapter"
             )
         return run.path / rundir.SELECTED, f"{run.name}@checkpoint-{chosen} (selected)"
     valid = checkpoints(run)
     listing = ", ".join(map(str, valid)) or "none kept"
-    if not checkpoint.isdigit() or int(checkpoint) not in valid:
-        raise TlfError(f"--checkpoint {checkpoint!r}: no such checkpoint of run {run.name}; "
-                       f"kept steps: {listing} (or leave it out for the final adapter)")
+    if not (checkpoint.isascii() and checkpoint.isdigit() and len(checkpoint) <= 18) or int(checkpoint) not in valid:
+        otherwise = (f"leave it out for the selected checkpoint-{chosen}, or --checkpoint last for the final adapter"
+                     if chosen is not None else "leave it out for the final adapter")
+        raise TlfError(f"--checkpoint {checkpoint[:40]!r}: no such checkpoint of run {run.name}; "
+                       f"kept steps: {listing} (or {otherwise})")
     return run.train_dir / f"checkpoint-{int(checkpoint)}", f"{run.name}@checkpoint-{int(checkpoint)}"
 
 

@@ -79,3 +79,15 @@ def test_spec_help_keys_lists_the_schema_and_the_readme_table_is_generated_from_
     assert markdown == spec.schema_markdown()
     assert markdown in (REPO / "README.md").read_text(encoding="utf-8"), \
         "README's key table differs from `tlf spec --help-keys --markdown`: paste the new one"
+
+
+def test_printed_next_commands_carry_out_quote_paths_and_survive_a_leading_dash(tmp_path):
+    from pathlib import Path
+
+    from telecom_lf.cli import next_command
+
+    assert next_command("run", Path("my specs/a.yaml"), Path("/r o")) == "tlf run --out '/r o' 'my specs/a.yaml'"
+    assert next_command("status", Path("-x.yaml"), Path("runs")) == "tlf status --out runs -- -x.yaml"
+    # as printed, the line parses: the spec is the argument, not an option
+    result = run("spec", "--", "-x.yaml")
+    assert result.returncode == 2 and "-x.yaml" in result.stderr and "No such option" not in result.stderr

@@ -31,7 +31,7 @@ LAYERS = [
     {"scheduler"},
     {"demo", "lf_entry"},
     {"cli_base"},
-    {"cli_data"},
+    {"cli_data", "cli_use"},
     {"cli"},
 ]
 RANK = {module: rank for rank, modules in enumerate(LAYERS) for module in modules}

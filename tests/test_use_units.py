@@ -143,9 +143,26 @@ def test_checkpoint_choice_is_checked_against_the_kept_ones(tmp_path):
     (train / "adapter_model.safetensors").write_bytes(b"")
     assert use._adapter_dir(run, None) == (train, tmp_path.name)
     assert use._adapter_dir(run, "10")[0] == train / "checkpoint-10"
-    for bad in ("20", "x", "../10", "best"):
+    for bad in ("20", "x", "../10", "best", "²", "1" * 5000):
         with pytest.raises(TlfError, match="kept steps: 10|selection"):
             use._adapter_dir(run, bad)
+
+
+def test_with_a_selection_the_hint_names_the_selected_checkpoint_not_the_final_adapter(tmp_path):
+    run = rundir.Run(tmp_path, run_manifest(trains=True, select={"on": "dev", "metric": "acc", "every": "epoch"}))
+    train = tmp_path / "train"
+    for step in (10, 20):
+        (train / f"checkpoint-{step}").mkdir(parents=True)
+        (train / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"")
+        (train / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (train / "train_results.json").write_text("{}")
+    (train / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / rundir.SELECTION).write_text(json.dumps({"chosen": {"step": 10}}))
+    (tmp_path / rundir.SELECTED).symlink_to("train/checkpoint-10")
+    with pytest.raises(TlfError, match=r"leave it out for the selected checkpoint-10, or --checkpoint last"):
+        use._adapter_dir(run, "30")
+    assert use._adapter_dir(run, None)[0] == tmp_path / rundir.SELECTED
+    assert use._adapter_dir(run, "last")[0] == train
 
 
 def test_hostile_questions_stay_data_and_the_probe_stays_under_its_report_dir(tmp_path):
