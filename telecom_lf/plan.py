@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import lfargs, rundir
 from .errors import TlfError
-from .spec import Spec
+from .spec import Spec, SweepKeys, default
 
 # What `baseline: upstream` keeps from the spec: settings that change neither the
 # mathematics of training nor the data, only how and where it runs. Every other training
@@ -175,7 +175,6 @@ def map_targets(spec: Spec, model_name: str, model_path: str, args: dict) -> dic
     return {**args, "lora_target": ",".join(modules)}
 
 
-DEFAULT_MAX_RUNS = 1000
 
 
 def count_runs(spec: Spec) -> int:
@@ -193,7 +192,7 @@ def count_runs(spec: Spec) -> int:
 
 
 def _refuse_huge(spec: Spec) -> None:
-    limit = spec.sweep.max_runs if spec.sweep else DEFAULT_MAX_RUNS
+    limit = spec.sweep.max_runs if spec.sweep else default(SweepKeys, "max_runs")
     total = count_runs(spec)
     if total > limit:
         raise TlfError(f"{spec.where('sweep')}: the experiment would have {total:,} runs, more than sweep.max_runs "

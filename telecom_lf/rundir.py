@@ -352,6 +352,11 @@ def checkpoints(train_dir: Path, complete: bool = True) -> list[tuple[int, Path]
     return sorted(found)
 
 
+def checkpoint_name(step: int) -> str:
+    """``checkpoint-N``: the trainer's directory of step N (and select/'s of its dev predictions)."""
+    return f"checkpoint-{step}"
+
+
 def set_aside_incomplete_checkpoints(train_dir: Path) -> list[Path]:
     """A job killed while saving leaves a checkpoint-N without its trainer_state.json (written
     last) or weights; LLaMA-Factory would resume from it and fail. Rename such directories so
@@ -424,7 +429,7 @@ def select_done(run: Run) -> bool:
     chosen = record.get("chosen") if isinstance(record, dict) else None
     link = run.path / SELECTED
     return (isinstance(chosen, dict) and isinstance(chosen.get("step"), int) and link.is_symlink() and link.is_dir()
-            and os.readlink(link) == f"{TRAIN_DIR}/checkpoint-{chosen['step']}")
+            and os.readlink(link) == f"{TRAIN_DIR}/{checkpoint_name(chosen['step'])}")
 
 
 def chosen_step(run: Run) -> int | None:

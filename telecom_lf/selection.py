@@ -29,7 +29,7 @@ def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
 
 
 def output_dir(run: Run, step: int) -> Path:
-    return run.path / rundir.SELECT_DIR / f"checkpoint-{step}"
+    return run.path / rundir.SELECT_DIR / rundir.checkpoint_name(step)
 
 
 def predicted(run: Run, step: int) -> bool:
@@ -40,7 +40,7 @@ def scores(run: Run, step: int) -> dict:
     """tlf's scores of one checkpoint's dev predictions, with the epoch it was saved at."""
     rows = score.read_predictions(output_dir(run, step) / rundir.PREDICTIONS).rows
     result = score.score_rows(rows)
-    state = rundir.read_json(run.train_dir / f"checkpoint-{step}" / rundir.TRAINER_STATE)
+    state = rundir.read_json(run.train_dir / rundir.checkpoint_name(step) / rundir.TRAINER_STATE)
     epoch = state.get("epoch") if isinstance(state, dict) else None
     return {"step": step, "epoch": epoch, **result}
 
@@ -83,6 +83,6 @@ def record(run: Run, scored: list[dict], chosen: dict, freed: int, final_step: i
     link = run.path / rundir.SELECTED
     temporary = run.path / f".{rundir.SELECTED}.{os.getpid()}"
     temporary.unlink(missing_ok=True)
-    temporary.symlink_to(f"{rundir.TRAIN_DIR}/checkpoint-{chosen['step']}")
+    temporary.symlink_to(f"{rundir.TRAIN_DIR}/{rundir.checkpoint_name(chosen['step'])}")
     os.replace(temporary, link)
     return selection

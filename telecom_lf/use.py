@@ -106,7 +106,8 @@ def _adapter_dir(run: Run, checkpoint: str | None) -> tuple[Path, str]:
                      if chosen is not None else "leave it out for the final adapter")
         raise TlfError(f"--checkpoint {checkpoint[:40]!r}: no such checkpoint of run {run.name}; "
                        f"kept steps: {listing} (or {otherwise})")
-    return run.train_dir / f"checkpoint-{int(checkpoint)}", f"{run.name}@checkpoint-{int(checkpoint)}"
+    name = rundir.checkpoint_name(int(checkpoint))
+    return run.train_dir / name, f"{run.name}@{name}"
 
 
 def resolve(run: Run, checkpoint: str | None = None, base: bool = False) -> RunModel:

@@ -88,7 +88,7 @@ def verdict_set(study: Study, root: Path) -> tuple[str, dict[str, list[tuple[str
 
 def _dev_answers(root: Path, record: RunRecord) -> list[tuple[str, str]]:
     step = (record.selection or {}).get("chosen", {}).get("step")
-    path = root / record.name / rundir.SELECT_DIR / f"checkpoint-{step}" / rundir.PREDICTIONS
+    path = root / record.name / rundir.SELECT_DIR / rundir.checkpoint_name(step) / rundir.PREDICTIONS
     if not isinstance(step, int) or not path.exists():
         return []
     try:
