@@ -481,12 +481,18 @@ def test_replicas_are_aggregated_per_configuration_and_compared_on_every_replica
     runs = [{"name": f"{config}-s{seed}", "point": {"lora_rank": rank}, "seed": seed, "config": config,
              **({"reference": f"r4-s{seed}", "varied": {"lora_rank": 8}} if config == "r8" else {})}
             for config, rank in (("r4", 4), ("r8", 8)) for seed in (42, 7)]
+    runs += [{"name": f"upstream-defaults-s{seed}", "point": {"lora_rank": 8}, "seed": seed, "baseline": True,
+              "config": "upstream-defaults"} for seed in (42, 7)]
     make_experiment(root, runs, [{"kind": "vary", "arguments": ["lora_rank"]}])
-    for name, right in (("r4-s42", 30), ("r4-s7", 34), ("r8-s42", 80), ("r8-s7", 86)):
+    for name, right in (("r4-s42", 30), ("r4-s7", 34), ("r8-s42", 80), ("r8-s7", 86), ("upstream-defaults-s42", 0),
+                        ("upstream-defaults-s7", 1)):
         make_run(root, telecom_dir, name, right=right, rows=100, log=_log(range(5, 45, 5)))
     written = report.write_report(root)
     study = report.gather(root)
-    assert [c.name for c in study.configs] == ["r4", "r8"]
+    references = {r.name: r.reference for r in study.records}
+    assert references["r4-s7"] == "upstream-defaults-s7" and references["r4-s42"] == "upstream-defaults-s42"
+    assert references["upstream-defaults-s7"] is None and references["r8-s7"] == "r4-s7"
+    assert [c.name for c in study.configs] == ["r4", "r8", "upstream-defaults"]
     by_config = (root / "report" / "report_by_config.csv").read_text(encoding="utf-8")
     assert "32.0 ± 2.8" in by_config and "30.0–34.0" in by_config and "83.0 ± 4.2" in by_config
     [r8] = [c for c in study.configs if c.name == "r8"]

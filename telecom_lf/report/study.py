@@ -259,11 +259,14 @@ def _record(root: Path, entry: RunEntry, sets: list[str], reference: str | None,
                      selection=selection, seed=entry.seed, config=entry.config)
 
 
-def _reference(entry: RunEntry, names: list[str], baseline: str | None) -> str | None:
-    """A vary point's base; else the upstream baseline (never the baseline itself)."""
+def _reference(entry: RunEntry, names: list[str], baselines: dict) -> str | None:
+    """A vary point's base; else the upstream baseline of the same replica (seed), never for a
+    baseline itself."""
     if entry.reference in names:
         return entry.reference
-    return baseline if baseline and entry.name != baseline else None
+    if entry.baseline:
+        return None
+    return baselines.get(entry.seed)
 
 
 def read(root: Path) -> Study:
@@ -271,8 +274,11 @@ def read(root: Path) -> Study:
     experiment = rundir.Experiment(root).read()
     sets, runs = experiment.predict_sets, experiment.runs
     names = [r.name for r in runs]
-    baseline = next((r.name for r in runs if r.baseline), None)
-    records = [_record(root, entry, sets, _reference(entry, names, baseline),
+    baselines = {}                     # seed (None without replicas) -> the baseline run of that replica
+    for run in runs:
+        if run.baseline:
+            baselines.setdefault(run.seed, run.name)
+    records = [_record(root, entry, sets, _reference(entry, names, baselines),
                        entry.reference if entry.reference in names else None) for entry in runs]
     axes = [a for a in experiment.axes or _axes_from_varied(runs) if a.get("arguments")]
     opened = [run for run in (_open(root / entry.name) for entry in runs) if run is not None]

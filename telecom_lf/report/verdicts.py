@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 from .. import compare, rundir, score
+from ..errors import TlfError
 from . import replicas
 from .study import DELTA_METRICS, RunRecord, Study
 
@@ -93,7 +94,7 @@ def _dev_answers(root: Path, record: RunRecord) -> list[tuple[str, str]]:
         return []
     try:
         return [(row.predict, row.label) for row in score.read_predictions(path, skip_bad=True).rows]
-    except Exception:        # an unreadable file: that run takes no part in the verdict
+    except TlfError:         # an unreadable file: that run takes no part in the verdict
         return []
 
 

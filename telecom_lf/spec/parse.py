@@ -391,7 +391,8 @@ def _parse_arguments(raw: dict, check: _Checker) -> tuple[dict | None, dict]:
 
 def _parse_experiment(raw: dict, check: _Checker) -> dict:
     """The top-level keys of the experiment itself: name, seed, baseline, sweep, labels."""
-    seed = raw.get("seed", default(ExperimentKeys, "seed"))
+    seed = raw.get("seed")
+    seed = default(ExperimentKeys, "seed") if seed is None else seed
     check.guarded(("seed",), guard.integer, seed, "", 0, 2**32 - 1)   # numpy's seeds are 32-bit
     if not isinstance(raw.get("description", ""), (str, type(None))):
         check.fail(("description",), "expected text")
@@ -414,8 +415,9 @@ def _parse_seeds(raw: dict, check: _Checker) -> tuple[int, ...] | None:
     seeds = raw.get("seeds")
     if seeds is None:
         return None
-    if "seed" in raw:
-        check.fail(("seeds",), "give seed: (one run per configuration) or seeds: (replicas), not both")
+    if raw.get("seed") is not None:
+        check.fail(("seeds",), "give seed: (one run per configuration) or seeds: (replicas), not both "
+                               "(on the command line: --set seed=null --set seeds=[42,7])")
     if not isinstance(seeds, list) or not seeds:
         check.fail(("seeds",), "expected a non-empty list of integer seeds, e.g. [42, 7, 1]")
         return None
