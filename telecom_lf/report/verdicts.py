@@ -98,13 +98,28 @@ def _dev_answers(root: Path, record: RunRecord) -> list[tuple[str, str]]:
         return []
 
 
+def verdict_metric(study: Study) -> str:
+    """The metric the best run is judged by: select:'s metric when every run selected on it and
+    it is one a per-question test exists for (acc, long_recall, rouge-1), else exact match."""
+    metrics = {r.selection.get("metric") for r in study.records if r.selection}
+    metric = metrics.pop() if len(metrics) == 1 else "acc"
+    return metric if metric in compare.PAIRED_METRICS else "acc"
+
+
+def _p_value(metric: str, a: compare.Outcomes, b: compare.Outcomes) -> float:
+    if metric in compare.BINARY:
+        return compare.mcnemar(a.values(metric) > 0, b.values(metric) > 0)[0]
+    return compare.permutation_p(a.values(metric), b.values(metric))
+
+
 def best_run_note(study: Study, root: Path, similarity: score.Similarity | None = None) -> list[str]:
-    """The best run by exact match on the verdict set, if it is distinguishable from every other
-    run (Holm over those comparisons); else the runs that tie with it within noise."""
+    """The best run on the verdict set by the verdict metric, if it is distinguishable from every
+    other run (Holm over those comparisons); else the runs that tie with it within noise."""
     chosen = verdict_set(study, root)
     if chosen is None:
         return []
     where, answers = chosen
+    metric = verdict_metric(study) if where.startswith("the dev set") else "acc"
     titles = {r.name: r.title for r in study.records}
     reference = next(iter(answers.values()), [])
     answers = {name: a for name, a in answers.items() if _same_questions(a, reference)}
@@ -112,23 +127,25 @@ def best_run_note(study: Study, root: Path, similarity: score.Similarity | None 
         return []
     similarity = similarity or score.Similarity()
     outcomes = {name: _outcomes(a, similarity) for name, a in answers.items()}
-    acc = {name: float(o.exact.mean() * 100) for name, o in outcomes.items()}
-    best = max(acc, key=lambda name: (acc[name], -list(acc).index(name)))
-    others = [name for name in acc if name != best]
-    raw = [compare.mcnemar(outcomes[best].exact, outcomes[name].exact)[0] for name in others]
-    adjusted = compare.holm(raw)
+    if metric == "long_recall" and not any(o.long.any() for o in outcomes.values()):
+        metric = "acc"
+    value = {name: float(o.values(metric).mean()) for name, o in outcomes.items()}
+    best = max(value, key=lambda name: (value[name], -list(value).index(name)))
+    others = [name for name in value if name != best]
+    adjusted = compare.holm([_p_value(metric, outcomes[best], outcomes[name]) for name in others])
     ties = [name for name, p in zip(others, adjusted) if not compare.distinguishable(p)]
-    runner_up = max(others, key=lambda name: acc[name])
-    p_runner = adjusted[others.index(runner_up)]
+    test = "exact McNemar" if metric in compare.BINARY else "paired permutation"
     correction = f", Holm-adjusted over {len(others)} comparisons" if len(others) > 1 else ""
+    what = "exact match" if metric == "acc" else metric
     if not ties:
-        return [f"Best run on {where} by exact match: {titles[best]} at {acc[best]:.1f} %, distinguishable from every "
-                f"other run (runner-up {titles[runner_up]} at {acc[runner_up]:.1f} %, exact McNemar p = "
-                f"{p_runner:.3g}{correction})."]
-    tied = [best, *sorted(ties, key=lambda name: -acc[name])]
-    listing = ", ".join(f"{titles[n]} ({acc[n]:.1f} %)" for n in tied)
-    return [f"No best run on {where} by exact match: runs {listing} tie within noise (each against the top run: "
-            f"exact McNemar p >= 5 %{correction}); more questions or seeds would be needed to tell them apart."]
+        runner_up = max(others, key=lambda name: value[name])
+        return [f"Best run on {where} by {what}: {titles[best]} at {value[best]:.1f} %, distinguishable from every "
+                f"other run (runner-up {titles[runner_up]} at {value[runner_up]:.1f} %, {test} p = "
+                f"{adjusted[others.index(runner_up)]:.3g}{correction})."]
+    tied = [best, *sorted(ties, key=lambda name: -value[name])]
+    listing = ", ".join(f"{titles[n]} ({value[n]:.1f} %)" for n in tied)
+    return [f"No best run on {where} by {what}: runs {listing} tie within noise (each against the top run: "
+            f"{test} p >= 5 %{correction}); more questions or seeds would be needed to tell them apart."]
 
 
 # ---------------------------------------------------------------- loss flags
