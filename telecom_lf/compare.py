@@ -48,6 +48,11 @@ class Outcomes:
                    long=np.array([len(r.label.strip()) > long_threshold for r in rows], dtype=bool),
                    rouge1=np.array([similarity.pair(r.predict, r.label)[0] for r in rows], dtype=float))
 
+    @classmethod
+    def of_answers(cls, answers: list[tuple[str, str]], similarity: Similarity | None = None) -> Outcomes:
+        """From (predicted, label) per question, in row order (what the report holds per run)."""
+        return cls.of([Row(i + 1, predicted, label) for i, (predicted, label) in enumerate(answers)], similarity)
+
     def values(self, metric: str) -> np.ndarray:
         """The per-question values a metric is the mean of (x100: percent), on its own questions."""
         if metric == "acc":
@@ -143,6 +148,24 @@ def permutation_p(a: np.ndarray, b: np.ndarray, seed: int = SEED, resamples: int
     return float(result.pvalue)
 
 
+def p_value(metric: str, a: Outcomes, b: Outcomes, seed: int = SEED, resamples: int = RESAMPLES) -> float:
+    """The test each metric is judged by: exact McNemar for right/wrong, paired permutation for a score."""
+    if metric in BINARY:
+        return mcnemar(a.values(metric) > 0, b.values(metric) > 0)[0]
+    return permutation_p(a.values(metric), b.values(metric), seed, resamples)
+
+
+def best_and_ties(values: dict[str, float], p_against_best) -> tuple[str, list[str], list[float], list[str]]:
+    """The best of several (the first on a tie of values), the others, their Holm-adjusted p-values
+    against the best (``p_against_best(best, other)``), and those not distinguishable from it."""
+    names = list(values)
+    best = max(names, key=lambda name: (values[name], -names.index(name)))
+    others = [name for name in names if name != best]
+    adjusted = holm([p_against_best(best, name) for name in others])
+    ties = [name for name, p in zip(others, adjusted) if not distinguishable(p)]
+    return best, others, adjusted, ties
+
+
 def compare(a: Outcomes, b: Outcomes, seed: int = SEED, resamples: int = RESAMPLES) -> dict[str, dict]:
     """Per metric: A's and B's value, the difference A - B (percentage points), its 95 % interval,
     the p-value, the test, and for exact match the discordant questions."""
@@ -156,12 +179,12 @@ def compare(a: Outcomes, b: Outcomes, seed: int = SEED, resamples: int = RESAMPL
         entry = {"questions": int(len(x)), "a": round(float(np.mean(x)), 2), "b": round(float(np.mean(y)), 2),
                  "diff": round(float(np.mean(x) - np.mean(y)), 2),
                  "diff_ci": [round(v, 2) for v in bootstrap_ci(x, y, seed, resamples)]}
+        entry["p_value"] = p_value(metric, a, b, seed, resamples)
         if metric in BINARY:
-            p, a_only, b_only = mcnemar(x > 0, y > 0)
-            entry.update(p_value=p, test="exact McNemar (binomial on discordant pairs)",
-                         only_a_right=a_only, only_b_right=b_only)
+            _p, a_only, b_only = mcnemar(x > 0, y > 0)
+            entry.update(test="exact McNemar (binomial on discordant pairs)", only_a_right=a_only, only_b_right=b_only)
         else:
-            entry.update(p_value=permutation_p(x, y, seed, resamples), test="paired permutation (mean difference)")
+            entry["test"] = "paired permutation (mean difference)"
         results[metric] = entry
     return results
 

@@ -23,7 +23,16 @@ from pathlib import Path
 from . import lfargs, lock, rundir, score, selection
 from .errors import Failed, TlfError
 from .fsutil import atomic_write
-from .processes import DEVICE_VARIABLES, Launch, Progress, failure_cause, lf_command, one_card, run_child
+from .processes import (
+    DEVICE_VARIABLES,
+    Launch,
+    Progress,
+    failure_cause,
+    lf_command,
+    one_card,
+    one_device_at_most,
+    run_child,
+)
 from .rundir import Run
 
 SMI_TOOLS = ("nvidia-smi", "rocm-smi", "hy-smi")
@@ -242,7 +251,7 @@ def _fusable(run: Run, links: list[rundir.Link], launch: Launch) -> list[rundir.
     lf_links = [link for link in links if link.name == "train" or link.name.startswith("predict-")]
     if lf_links != links[:len(lf_links)]:
         return []
-    if sum(not rundir.link_done(run, link.name) for link in lf_links) < 2:
+    if sum(not rundir.link_done(run, link.name) for link in lf_links) < 2 or not one_device_at_most():
         return []
     return lf_links
 

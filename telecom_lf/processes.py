@@ -38,7 +38,9 @@ class Launch:
 
     @property
     def fuses(self) -> bool:
-        return self.worker is not None and not self.srun_nodes and one_device_at_most()
+        """A worker was given and the step runs here (not under srun). Whether there is at most one
+        device is asked last, by the caller: answering it may import torch (seconds)."""
+        return self.worker is not None and not self.srun_nodes
 
 
 

@@ -45,7 +45,7 @@ def test_a_launch_fuses_only_with_a_worker_and_no_srun():
     """Fusing a run's steps into one process is explicit: the caller gives its worker."""
     assert not Launch(quiet=True).fuses
     with Worker() as worker:
-        assert Launch(quiet=True, worker=worker).fuses        # this CPU machine: at most one device
+        assert Launch(quiet=True, worker=worker).fuses
         assert not Launch(srun_nodes=2, worker=worker).fuses
 
 

@@ -84,8 +84,7 @@ def _answered(config: Configuration, dataset: str) -> bool:
 
 
 def _outcomes(config: Configuration, dataset: str, similarity: score.Similarity) -> list[compare.Outcomes]:
-    return [compare.Outcomes.of([score.Row(i + 1, p, label) for i, (p, label) in enumerate(r.answers[dataset])],
-                                similarity) for r in config.runs]
+    return [compare.Outcomes.of_answers(r.answers[dataset], similarity) for r in config.runs]
 
 
 def _spread(values: list[float]) -> tuple[str, str]:
@@ -164,20 +163,17 @@ def plot(study: Study, configs: list[Configuration]) -> bytes | None:
 def best_note(study: Study, configs: list[Configuration], similarity: score.Similarity) -> list[str]:
     """The best configuration by exact match on the test set over all its replicas, if it is
     distinguishable from every other (pooled per question, Holm), else those that tie with it."""
-    sets = [s for s in study.sets if "test" in s] or study.sets
-    if not sets:
+    dataset = study.test_set
+    if dataset is None:
         return []
-    dataset = sets[-1]
     usable = [c for c in configs if _answered(c, dataset)]
     if len({len(r.answers[dataset]) for c in usable for r in c.runs}) != 1 or len(usable) < 2:
         return []
     shares = {c.name: compare.pooled(_outcomes(c, dataset, similarity)) for c in usable}
     titles = {c.name: f"{c.title} ×{len(c.runs)}" for c in usable}
     acc = {name: float(v.mean()) for name, v in shares.items()}
-    best = max(acc, key=lambda name: (acc[name], -list(acc).index(name)))
-    others = [name for name in acc if name != best]
-    adjusted = compare.holm([compare.permutation_p(shares[best], shares[name]) for name in others])
-    ties = [name for name, p in zip(others, adjusted) if not compare.distinguishable(p)]
+    best, others, adjusted, ties = compare.best_and_ties(
+        acc, lambda top, other: compare.permutation_p(shares[top], shares[other]))
     how = ("paired permutation over questions of the share of replicas right"
            + (f", Holm-adjusted over {len(others)} comparisons" if len(others) > 1 else ""))
     if not ties:

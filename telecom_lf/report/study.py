@@ -86,6 +86,11 @@ class Study:
     def name(self) -> str:
         return self.experiment.experiment
 
+    @property
+    def test_set(self) -> str | None:
+        """The set a best run is judged on without select: the last one named like a test set."""
+        return ([s for s in self.sets if "test" in s] or self.sets or [None])[-1]
+
 
 # ---------------------------------------------------------------- reading what the runs wrote
 

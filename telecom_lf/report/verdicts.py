@@ -27,10 +27,6 @@ STALLED_SHARE = 0.9      # the last half ends at >= 90 % of the loss it started 
 MIN_LOSS_POINTS = 6      # ... judged only on a run that logged at least this many losses
 
 
-def _outcomes(answers: list[tuple[str, str]], similarity: score.Similarity) -> compare.Outcomes:
-    return compare.Outcomes.of([score.Row(i + 1, p, label) for i, (p, label) in enumerate(answers)], similarity)
-
-
 def _same_questions(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> bool:
     """Runs of one experiment predict the same rows in the same order; a run predicted with another
     row limit, or a torn file, cannot be paired."""
@@ -46,8 +42,8 @@ def attach_comparisons(study: Study, similarity: score.Similarity | None = None)
         pairs = [(r, by_name.get(r.reference)) for r in study.records if r.reference in by_name]
         pairs = [(r, ref) for r, ref in pairs
                  if _same_questions(r.answers.get(dataset, []), ref.answers.get(dataset, []))]
-        results = [compare.compare(_outcomes(r.answers[dataset], similarity),
-                                   _outcomes(ref.answers[dataset], similarity)) for r, ref in pairs]
+        results = [compare.compare(compare.Outcomes.of_answers(r.answers[dataset], similarity),
+                                   compare.Outcomes.of_answers(ref.answers[dataset], similarity)) for r, ref in pairs]
         for metric in DELTA_METRICS:
             adjusted = compare.holm([result[metric]["p_value"] for result in results])
             for (record, _ref), result, p_holm in zip(pairs, results, adjusted):
@@ -71,26 +67,28 @@ def comparison_note(study: Study) -> list[str]:
 # ---------------------------------------------------------------- the best run, or a tie
 
 
-def verdict_set(study: Study, root: Path) -> tuple[str, dict[str, list[tuple[str, str]]]] | None:
-    """(set, run -> answers) the best run is judged on: the dev set of select: when every trained
-    run chose a checkpoint on it (the test sets never choose), else the (last) test set."""
+def verdict_set(study: Study, root: Path) -> tuple[str, str, dict[str, list[tuple[str, str]]]] | None:
+    """(where, metric, run -> answers) the best run is judged on: the dev set of select:, by its
+    metric, when every trained run chose a checkpoint on it (the test sets never choose); else the
+    test set by exact match."""
     trained = [r for r in study.records if r.state != "missing" and r.answers]
     selected = [r for r in trained if r.selection]
     if selected and len(selected) == len(trained):
         on = selected[0].selection.get("on")
         answers = {r.name: _dev_answers(root, r) for r in selected}
-        return f"the dev set {on}", {k: v for k, v in answers.items() if v}
-    sets = [s for s in study.sets if "test" in s] or study.sets
-    if not sets:
+        return f"the dev set {on}", verdict_metric(study), {k: v for k, v in answers.items() if v}
+    dataset = study.test_set
+    if dataset is None:
         return None
-    dataset = sets[-1]
-    return dataset, {r.name: r.answers.get(dataset, []) for r in trained if r.answers.get(dataset)}
+    return dataset, "acc", {r.name: r.answers.get(dataset, []) for r in trained if r.answers.get(dataset)}
 
 
 def _dev_answers(root: Path, record: RunRecord) -> list[tuple[str, str]]:
     step = (record.selection or {}).get("chosen", {}).get("step")
+    if not isinstance(step, int):
+        return []
     path = root / record.name / rundir.SELECT_DIR / rundir.checkpoint_name(step) / rundir.PREDICTIONS
-    if not isinstance(step, int) or not path.exists():
+    if not path.exists():
         return []
     try:
         return [(row.predict, row.label) for row in score.read_predictions(path, skip_bad=True).rows]
@@ -106,34 +104,25 @@ def verdict_metric(study: Study) -> str:
     return metric if metric in compare.PAIRED_METRICS else "acc"
 
 
-def _p_value(metric: str, a: compare.Outcomes, b: compare.Outcomes) -> float:
-    if metric in compare.BINARY:
-        return compare.mcnemar(a.values(metric) > 0, b.values(metric) > 0)[0]
-    return compare.permutation_p(a.values(metric), b.values(metric))
-
-
 def best_run_note(study: Study, root: Path, similarity: score.Similarity | None = None) -> list[str]:
     """The best run on the verdict set by the verdict metric, if it is distinguishable from every
     other run (Holm over those comparisons); else the runs that tie with it within noise."""
     chosen = verdict_set(study, root)
     if chosen is None:
         return []
-    where, answers = chosen
-    metric = verdict_metric(study) if where.startswith("the dev set") else "acc"
+    where, metric, answers = chosen
     titles = {r.name: r.title for r in study.records}
     reference = next(iter(answers.values()), [])
     answers = {name: a for name, a in answers.items() if _same_questions(a, reference)}
     if len(answers) < 2:
         return []
     similarity = similarity or score.Similarity()
-    outcomes = {name: _outcomes(a, similarity) for name, a in answers.items()}
+    outcomes = {name: compare.Outcomes.of_answers(a, similarity) for name, a in answers.items()}
     if metric == "long_recall" and not any(o.long.any() for o in outcomes.values()):
         metric = "acc"
     value = {name: float(o.values(metric).mean()) for name, o in outcomes.items()}
-    best = max(value, key=lambda name: (value[name], -list(value).index(name)))
-    others = [name for name in value if name != best]
-    adjusted = compare.holm([_p_value(metric, outcomes[best], outcomes[name]) for name in others])
-    ties = [name for name, p in zip(others, adjusted) if not compare.distinguishable(p)]
+    best, others, adjusted, ties = compare.best_and_ties(
+        value, lambda top, other: compare.p_value(metric, outcomes[top], outcomes[other]))
     test = "exact McNemar" if metric in compare.BINARY else "paired permutation"
     correction = f", Holm-adjusted over {len(others)} comparisons" if len(others) > 1 else ""
     what = "exact match" if metric == "acc" else metric
