@@ -16,7 +16,7 @@ import platform
 import shlex
 import sys
 
-from . import use
+from . import guard, use
 from .use import RunModel
 
 BANNER = ("tlf chat: {label}\n  model {model}\n  adapter {adapter}\n  template {template}, decoding {decoding}\n"
@@ -70,6 +70,10 @@ def _turns(model: RunModel, engine, raw: bool, history: bool, read=input, write=
             write("")
             return
         text = line.strip()
+        refusal = _refusal(text)
+        if refusal:
+            write(refusal)
+            continue
         if text == "exit":
             return
         if text == "clear":
@@ -83,13 +87,25 @@ def _turns(model: RunModel, engine, raw: bool, history: bool, read=input, write=
             {"role": "user", "content": use.wrap(model, text, raw)},
         ]  # messages stay [] without --history
         answer = engine.chat(turn)[0].response_text
-        write(f"Model: {answer}")
+        write(f"Model: {guard.printable(answer)}")
         if history:
             messages = [*turn, {"role": "assistant", "content": answer}]
 
 
+def _refusal(text: str) -> str | None:
+    """Why a typed line is not asked: bytes that are not UTF-8 (read as surrogate escapes), or a
+    question longer than probe takes."""
+    if not guard.is_text(text):
+        return "(that line is not UTF-8 text; nothing was asked: set your terminal to UTF-8 and type it again)"
+    if len(text) > use.MAX_QUESTION_CHARS:
+        return f"(that line has {len(text)} characters; a question may have at most {use.MAX_QUESTION_CHARS})"
+    return None
+
+
 def chat(model: RunModel, raw: bool = False, history: bool = False) -> int:
     """The interactive loop; returns the exit status (0 on exit/EOF, 130 on Ctrl-C)."""
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")   # bytes that are not UTF-8: refused per line, no traceback
     print(banner(model, raw), flush=True)
     engine = _load(model)
     try:

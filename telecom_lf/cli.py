@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .cli_base import SET_OPTION, Group, load_spec, spec_options
+from .cli_base import SET_OPTION, Group, load_spec, say, spec_options
 from .cli_data import data, model
 from .cli_use import chat, export, probe
 from .errors import Failed, TlfError
@@ -34,16 +34,16 @@ def spec_command(spec_path: Path | None, help_keys: bool, markdown: bool, overri
 
     if help_keys:
         if markdown:
-            click.echo(spec_mod.schema_markdown(), nl=False)
+            say(spec_mod.schema_markdown(), nl=False)
             return
         for key, default, text in spec_mod.schema_rows():
-            click.echo(f"{key:26s} {default:22s} {text}")
+            say(f"{key:26s} {default:22s} {text}")
         return
     if spec_path is None:
         raise TlfError("give SPEC to validate, or --help-keys")
     loaded = load_spec(spec_path, overrides)
     runs = plan_mod.expand(loaded)
-    click.echo(f"{spec_path}: valid; experiment {loaded.name}, {len(runs)} run(s): {', '.join(r.name for r in runs)}")
+    say(f"{spec_path}: valid; experiment {loaded.name}, {len(runs)} run(s): {', '.join(r.name for r in runs)}")
 
 
 @main.command()
@@ -58,14 +58,14 @@ def render(spec_path: Path, out: Path, dry_run: bool, force: bool, overrides) ->
     changed = render_mod.plan_writes(files, force)  # a dry run refuses exactly what a real one would
     if dry_run:
         for path in sorted(files):
-            click.echo(f"{'write' if path in changed else 'same':5s} {path}  ({len(files[path])} bytes)")
-        click.echo(f"{len(runs)} run(s); dry run: nothing written")
+            say(f"{'write' if path in changed else 'same':5s} {path}  ({len(files[path])} bytes)")
+        say(f"{len(runs)} run(s); dry run: nothing written")
         return
     render_mod.write_files(files, force, changed)
     where = render_mod.layout(spec, out)
     for run in runs:
-        click.echo(f"{run.name:40s} {where.run_dir(run.name)}")
-    click.echo(f"{len(runs)} run(s), {len(changed)} file(s) written, {len(files) - len(changed)} unchanged")
+        say(f"{run.name:40s} {where.run_dir(run.name)}")
+    say(f"{len(runs)} run(s), {len(changed)} file(s) written, {len(files) - len(changed)} unchanged")
     _print_next_steps(spec, spec_path, out, where, runs)
 
 
@@ -84,13 +84,13 @@ def _print_next_steps(spec, spec_path: Path, out: Path, where, runs) -> None:
     from . import rundir
 
     if spec.cluster.profile is None:
-        click.echo(f"\nnext: {next_command('run', spec_path, out)}")
+        say(f"\nnext: {next_command('run', spec_path, out)}")
         return
-    click.echo(f"\nnext, one of:\n  {next_command('submit', spec_path, out)}      # chains (a sweep: one job array), "
+    say(f"\nnext, one of:\n  {next_command('submit', spec_path, out)}      # chains (a sweep: one job array), "
                "then the report")
-    click.echo(f"  bash {quote(str(where.root / rundir.SUBMIT_SCRIPT))}      # the same chains with plain sbatch")
+    say(f"  bash {quote(str(where.root / rundir.SUBMIT_SCRIPT))}      # the same chains with plain sbatch")
     for run in runs:
-        click.echo(
+        say(
             f"  sbatch {quote(str(where.run_dir(run.name) / rundir.JOB_SCRIPT))}"
             f"      # {run.name}: all steps in one job"
         )
@@ -109,8 +109,8 @@ def diff(spec_path: Path, out: Path, run_name: str | None, show_all: bool, overr
     chosen = next((r for r in runs if r.name == run_name), None) if run_name else runs[0]
     if chosen is None:
         raise TlfError(f"{spec_path}: no run named {run_name!r}; runs: {', '.join(r.name for r in runs)}")
-    click.echo(f"run {chosen.name} of {spec.path}")
-    click.echo(diff_mod.table(spec, chosen, out, show_all).to_string(index=False))
+    say(f"run {chosen.name} of {spec.path}")
+    say(diff_mod.table(spec, chosen, out, show_all).to_string(index=False))
 
 
 @main.command()
@@ -165,21 +165,21 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False,
     try:
         with contextlib.ExitStack() as stack:
             worker = worker or stack.enter_context(processes.Worker())
-            result = scheduler.run_local(where, selected, click.echo, lambda m: click.echo(m, err=True), wait, worker)
+            result = scheduler.run_local(where, selected, say, lambda m: say(m, err=True), wait, worker)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
+        say("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
         sys.exit(130)
-    click.echo("")
+    say("")
     _print_report(result.report)
     if result.failures:
-        click.echo(f"{len(result.failures)} run(s) failed: {', '.join(result.failures)}", err=True)
+        say(f"{len(result.failures)} run(s) failed: {', '.join(result.failures)}", err=True)
         sys.exit(1)
     return result.report
 
 
 def _print_report(report) -> None:
-    click.echo(report.terminal)
-    click.echo(
+    say(report.terminal)
+    say(
         f"\nreport: {report.html}\n  open it in a browser (one self-contained file: the sortable table, plots and "
         f"each question's answers); also report.md and report.csv in {report.directory}"
     )
@@ -198,12 +198,12 @@ def demo(out: Path, force: bool) -> None:
     out = out.resolve()
     from . import processes
 
-    data_dir = demo_mod.prepare_data(out, click.echo)
+    data_dir = demo_mod.prepare_data(out, say)
     with processes.Worker() as worker:     # one LLaMA-Factory process: the pre-training and every run
-        base = demo_mod.prepare_base_model(out, click.echo, worker)
+        base = demo_mod.prepare_base_model(out, say, worker)
         spec = load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
         _run_spec(spec, out / "runs", (), force, worker=worker)
-    click.echo(f"\ndemo finished in {time.monotonic() - started:.0f} s")
+    say(f"\ndemo finished in {time.monotonic() - started:.0f} s")
 
 
 @main.command()
@@ -240,15 +240,15 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     as_array = spec.sweep is not None and len(runs) > 1
     record = scheduler.submit(where, names, as_array, spec.cluster.profile.array_parallel)
     if record is None:
-        click.echo(f"nothing to do: all {len(names)} run(s) are done (--force redoes runs whose files changed)")
+        say(f"nothing to do: all {len(names)} run(s) are done (--force redoes runs whose files changed)")
         return
     if as_array:
-        click.echo(f"array {record['array']} ({len(record['runs'])} of {len(runs)} runs), report {record['report']}")
+        say(f"array {record['array']} ({len(record['runs'])} of {len(runs)} runs), report {record['report']}")
     else:
         for name, ids in record["runs"].items():
-            click.echo(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
-        click.echo(f"report {record['report']}")
-    click.echo(f"job ids recorded in {where.root / rundir.JOBS}; `{next_command('status', spec_path, out)}` shows "
+            say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
+        say(f"report {record['report']}")
+    say(f"job ids recorded in {where.root / rundir.JOBS}; `{next_command('status', spec_path, out)}` shows "
                "progress")
 
 
@@ -267,7 +267,7 @@ def _test_only(scripts: list[Path]) -> None:
 
     results = scheduler.test_only(scripts)
     for script, rc, message in results:
-        click.echo(f"{'ok  ' if rc == 0 else 'FAIL'} {script}: {message.splitlines()[-1] if message else ''}")
+        say(f"{'ok  ' if rc == 0 else 'FAIL'} {script}: {message.splitlines()[-1] if message else ''}")
     if any(rc for _, rc, _ in results):
         sys.exit(1)
 
@@ -285,7 +285,7 @@ def status(spec_path: Path, out: Path, overrides) -> None:
     job_names = {n: slurm.job_name(spec, n) for n in names}
     lines, problem = scheduler.status_lines(render_mod.layout(spec, out), names, job_names)
     for line in lines:
-        click.echo(line)
+        say(line)
     if problem:
         raise Failed(problem)
 
@@ -311,12 +311,13 @@ def score(predictions: Path, manifest: Path | None, split: str | None, long_thre
     bootstrap 95 % intervals of each difference (A - B, percentage points)."""
     import json
 
+    from . import rundir
     from . import score as score_mod
     from .fsutil import atomic_write
 
-    for given in (predictions, *([against] if against else []), *([manifest] if manifest else [])):
-        if json_out is not None and json_out.resolve() == given.resolve():
-            raise TlfError(f"--json {json_out}: is one of this command's inputs ({given}); choose another path")
+    if json_out is not None:
+        _check_score_json(json_out, [predictions, against, manifest,
+                                     *([manifest / rundir.SPLIT_MANIFEST] if manifest and manifest.is_dir() else [])])
     if against is not None:
         _score_against(predictions, against, json_out, skip_bad, long_threshold)
         return
@@ -325,14 +326,35 @@ def score(predictions: Path, manifest: Path | None, split: str | None, long_thre
     if manifest is not None:
         split = split or predictions.parent.name.removeprefix("predict-")
         categories = score_mod.categories_for(manifest, split)
-    scores = score_mod.score_rows(read.rows, long_threshold, categories)
+    scores = {"tool": SCORE_JSON_TOOL, **score_mod.score_rows(read.rows, long_threshold, categories)}
     scores["skipped"] = len(read.skipped)
     scores["format"] = read.format
     for message in read.skipped:
-        click.echo(f"skipped: {message}", err=True)
-    click.echo(score_mod.format_table(scores))
+        say(f"skipped: {message}", err=True)
+    say(score_mod.format_table(scores))
     if json_out:
         atomic_write(json_out, json.dumps(scores, ensure_ascii=False, indent=2) + "\n")
+
+
+SCORE_JSON_TOOL = "tlf score"
+
+
+def _check_score_json(json_out: Path, given) -> None:
+    """--json replaces only a file tlf's score wrote (its "tool" key): not a manifest, not a
+    dataset_info.json, not any other file a user gives by mistake."""
+    import json
+
+    from . import inputs, paths
+
+    paths.check_output_file(json_out, "--json", given)
+    if json_out.exists():
+        try:
+            tool = json.loads(inputs.read_input(json_out, "record")).get("tool")
+        except (TlfError, ValueError, AttributeError):
+            tool = None
+        if tool != SCORE_JSON_TOOL:
+            raise TlfError(f"--json {json_out}: exists and is not a score file tlf wrote; remove it yourself or "
+                           "choose another path")
 
 
 def _score_against(a: Path, b: Path, json_out: Path | None, skip_bad: bool, long_threshold: int) -> None:
@@ -346,8 +368,8 @@ def _score_against(a: Path, b: Path, json_out: Path | None, skip_bad: bool, long
         raise TlfError("--long-threshold is not taken with --against (the comparison uses the blog's 10 characters)")
     rows_a = score_mod.read_predictions(a, skip_bad).rows
     rows_b = score_mod.read_predictions(b, skip_bad).rows
-    result = compare.compare_files(a, b, rows_a, rows_b)
-    click.echo(compare.describe(result["metrics"], str(a), str(b)))
+    result = {"tool": SCORE_JSON_TOOL, **compare.compare_files(a, b, rows_a, rows_b)}
+    say(compare.describe(result["metrics"], str(a), str(b)))
     if json_out:
         atomic_write(json_out, json.dumps(result, ensure_ascii=False, indent=2) + "\n")
 
@@ -360,8 +382,11 @@ def _score_against(a: Path, b: Path, json_out: Path | None, skip_bad: bool, long
               help="Where to write the report (default: <experiment>/report).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The experiment directory itself (what report.sbatch passes), instead of SPEC.")
+@click.option("--force", is_flag=True, help="Write into a --report-dir that holds files tlf did not write "
+                                            "(theirs are never deleted).")
 @SET_OPTION
-def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, root: Path | None, overrides) -> None:
+def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, root: Path | None, force: bool,
+           overrides) -> None:
     """One comparison table (Markdown, CSV) and plots over every run of an experiment."""
     from . import render as render_mod
     from . import report as report_mod
@@ -370,7 +395,7 @@ def report(spec_path: Path | None, runs_root: Path, report_dir: Path | None, roo
         if spec_path is None:
             raise TlfError("give SPEC or --root EXPERIMENT_DIR")
         root = render_mod.layout(load_spec(spec_path, overrides, require_model=False), runs_root).root
-    _print_report(report_mod.write_report(root, report_dir))
+    _print_report(report_mod.write_report(root, report_dir, force))
 
 
 # ---------------------------------------------------------------- using what a study found

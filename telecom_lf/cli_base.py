@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, guard
 from .errors import Failed, TlfError
 
 
@@ -37,38 +37,62 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except Failed as error:
-            click.echo(f"tlf: {error}", err=True)
+            click.echo(f"tlf: {_clipped(str(error))}", err=True)
             sys.exit(1)
         except TlfError as error:
-            click.echo(f"tlf: error: {error}", err=True)
+            click.echo(f"tlf: error: {_clipped(str(error))}", err=True)
             sys.exit(2)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except OSError as error:   # the machine, not the input: a full disk, a permission, a vanished file
             where = f"{error.filename}: " if error.filename else ""
-            click.echo(f"tlf: {where}{error.strerror or error}", err=True)
+            click.echo(guard.printable(f"tlf: {where}{error.strerror or error}"), err=True)
             sys.exit(1)
         except Exception as error:
             click.echo(f"tlf: internal error (a bug in tlf, not in your input): {type(error).__name__}: "
-                       f"{str(error)[:300]}; {_save_traceback()}", err=True)
+                       f"{guard.printable(str(error)[:300])}; {_save_traceback()}", err=True)
             sys.exit(1)
 
 
+def say(message="", **options) -> None:
+    """click.echo for text that carries data (run names, labels, failure causes, answers): control
+    and bidirectional-override characters are shown as escapes, never acted on by the terminal."""
+    click.echo(guard.printable(message), **options)
+
+
+MESSAGE_LIMIT = 2000
+
+
+def _clipped(message: str) -> str:
+    """A message quotes at most ~200 characters of any input where it is built; this is the net
+    for text a library put into it (a parser quoting a 5 MB line)."""
+    message = guard.printable(message)
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    return f"{message[:MESSAGE_LIMIT]}... (cut; {len(message)} characters)"
+
+
 def _save_traceback() -> str:
-    """The traceback of the exception being handled, in a file under ~/.cache/tlf/crashes/."""
+    """The traceback of the exception being handled, in a file under ~/.cache/tlf/crashes/ (or,
+    where that cannot be written, a read-only HOME, under the temporary directory); never on the
+    terminal."""
     import os
+    import tempfile
     import time
     import traceback
 
     text = f"tlf {__version__}: {' '.join(sys.argv)}\n\n{traceback.format_exc()}"
-    try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlf" / "crashes"
-        base.mkdir(parents=True, exist_ok=True)
-        path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-        path.write_text(text, encoding="utf-8")
-        return f"the traceback is in {path}; please report it with the command you ran"
-    except OSError:
-        return "the traceback follows; please report it\n" + text
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for base in (Path(cache) / "tlf" / "crashes", Path(tempfile.gettempdir()) / f"tlf-crashes-{os.getuid()}"):
+        try:
+            base.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = base / name
+            path.write_text(text, encoding="utf-8")
+            return f"the traceback is in {path}; please report it with the command you ran"
+        except OSError:
+            continue
+    return "the traceback could not be saved (no writable cache or temporary directory); rerun to report it"
 
 
 Group.group_class = Group
@@ -97,5 +121,5 @@ def load_spec(spec_path: Path, overrides, require_model: bool = True):
 
     loaded = spec_mod.load(spec_path, list(overrides), require_model)
     for note in loaded.notes:
-        click.echo(f"tlf: note: {note}", err=True)
+        say(f"tlf: note: {note}", err=True)
     return loaded

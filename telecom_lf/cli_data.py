@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
-from .cli_base import Group
+from . import guard, paths
+from .cli_base import Group, say
 from .errors import TlfError
+from .synth import MAX_ROWS as SYNTH_MAX_ROWS
 
 
 @click.group(cls=Group)
@@ -17,8 +19,9 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--rows", "n_rows", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True,
-              help="Rows to write (at most a million: the competition has 5000).")
+@click.option("--rows", "n_rows", type=click.IntRange(min=1, max=SYNTH_MAX_ROWS), default=5000, show_default=True,
+              help=f"Rows to write (at most {SYNTH_MAX_ROWS}, the distinct rows the patterns make well: the "
+                   "competition has 5000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV/XLSX/JSON/JSONL file, by suffix, with the competition's columns.")
@@ -28,7 +31,7 @@ def data_synth(n_rows: int, seed: int, out: Path, force: bool) -> None:
     from . import data as data_stage
 
     data_stage.write_synthetic(out, n_rows=n_rows, seed=seed, force=force)
-    click.echo(f"wrote {n_rows} rows to {out}")
+    say(f"wrote {n_rows} rows to {out}")
 
 
 @data.command("import")
@@ -55,7 +58,7 @@ def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answe
                                encoding, sheet, drop_duplicates)
     result = data_stage.import_rows(rows, raw, out_dir, name,
                                     instruction or data_stage.BLOG_INSTRUCTION, force)
-    click.echo(f"wrote {result.rows} rows to {result.data_file} (categories in {result.meta_file.name})")
+    say(f"wrote {result.rows} rows to {result.data_file} (categories in {result.meta_file.name})")
 
 
 @data.command("split")
@@ -94,13 +97,13 @@ def data_split(imported: Path, out_dir: Path | None, mode: str, test_size: int, 
     inputs = (imported, imported.with_name(imported.stem + ".meta.json"))
     data_stage.write_splits(out_dir, files, manifest, force, register_into, inputs)
     for warning in plan.warnings:
-        click.secho(f"WARNING: {warning}", fg="red", bold=True, err=True)
+        click.secho(f"WARNING: {guard.printable(warning)}", fg="red", bold=True, err=True)
     for name, split in manifest["splits"].items():
-        click.echo(f"{name:28s} {split['rows']:6d} rows  ({split['role']})")
+        say(f"{name:28s} {split['rows']:6d} rows  ({split['role']})")
     if strict_holdout:
-        click.echo(f"strict hold-out: {plan.excluded} rows kept out of the train subsets "
+        say(f"strict hold-out: {plan.excluded} rows kept out of the train subsets "
                    "(their normalised question is a test or dev question)")
-    click.echo(f"manifest: {out_dir / data_stage.MANIFEST}")
+    say(f"manifest: {out_dir / data_stage.MANIFEST}")
 
 
 @data.command("check")
@@ -115,11 +118,11 @@ def data_check(split_dir: Path, strict: bool) -> None:
 
     report = data_stage.check(split_dir)
     with pd.option_context("display.unicode.east_asian_width", True):  # Chinese category names align
-        click.echo(report.table.to_string())
+        say(report.table.to_string())
     for problem in report.problems:
-        click.echo(f"PROBLEM: {problem}")
+        say(f"PROBLEM: {problem}")
     if not report.problems:
-        click.echo("no leakage, duplicates or empty answers found")
+        say("no leakage, duplicates or empty answers found")
     if strict and report.problems:
         sys.exit(1)
 
@@ -138,7 +141,7 @@ def data_register(manifest: Path, info: Path, force: bool) -> None:
     entries = data_stage.split_entries(splits, manifest.parent, info)
     inputs = (manifest, *(manifest.parent / split["file"] for split in splits.values()))
     changed = data_stage.register(info, entries, force, inputs)
-    click.echo(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
+    say(f"{info}: {len(changed)} entries added or replaced, {len(entries) - len(changed)} unchanged")
 
 
 @click.group(cls=Group)
@@ -154,7 +157,6 @@ def model_tiny(arch: str, out: Path, force: bool) -> None:
     """Build a tiny random-weight causal LM with a locally trained tokenizer."""
     from . import tiny
 
-    if out.exists() and any(out.iterdir()) and not force:
-        raise TlfError(f"{out} exists and is not empty; pass --force to replace it")
+    paths.claim_directory(out, "model", force, "--out")
     tiny.build(out, tiny.TinySpec(arch=arch))
-    click.echo(f"wrote tiny {arch} model to {out}")
+    say(f"wrote tiny {arch} model to {out}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli_base import RUNS_OUT_OPTION, SET_OPTION, Command, load_spec
+from .cli_base import RUNS_OUT_OPTION, SET_OPTION, Command, load_spec, say
 from .errors import TlfError
 
 
@@ -16,7 +16,7 @@ def _export_target(to: Path | None, deprecated_out: Path | None) -> Path:
     if to is not None and deprecated_out is not None:
         raise TlfError("give --to DIR only (--out is its deprecated old name)")
     if deprecated_out is not None:
-        click.echo("tlf: warning: `tlf export --out` is deprecated; use --to DIR (--out means the runs root in "
+        say("tlf: warning: `tlf export --out` is deprecated; use --to DIR (--out means the runs root in "
                    "every other command, and will here too in the next release)", err=True)
         return deprecated_out
     if to is None:
@@ -145,10 +145,10 @@ def probe(spec_path: Path | None, out: Path, asked, questions_file: Path | None,
         if submit:
             _submit_probe(spec, where)
             return
-    table = probe_mod.probe(runs, where, questions, click.echo)
-    click.echo("")
-    click.echo(table)
-    click.echo(f"\nprobe: {where / 'probe.md'} (and probe.json)")
+    table = probe_mod.probe(runs, where, questions, say)
+    say("")
+    say(table)
+    say(f"\nprobe: {where / 'probe.md'} (and probe.json)")
 
 
 def _prepare_probe(spec_path, out, asked, questions_file, from_set, rows, raw, overrides):
@@ -177,7 +177,7 @@ def _submit_probe(spec, where: Path) -> None:
     script = where / probe_mod.JOB_SCRIPT
     atomic_write(script, slurm.probe_script(spec, where, where / probe_mod.REQUEST))
     job = scheduler.submit_script(script)
-    click.echo(f"probe job {job}: {script}; answers go to {where / 'probe.md'} (log beside it)")
+    say(f"probe job {job}: {script}; answers go to {where / 'probe.md'} (log beside it)")
 
 
 @click.command(cls=Command)
@@ -210,7 +210,7 @@ def export(target: Path, run_name: str | None, runs_root: Path, checkpoint: str 
     _, run = _one_run(target, runs_root, run_name, overrides)
     model = use.resolve(run, checkpoint)
     if verify_only:
-        export_mod.verify_existing(run, model, export_dir, rows, allow_diff, click.echo)
+        export_mod.verify_existing(run, model, export_dir, rows, allow_diff, say)
         return
-    export_mod.export(run, model, export_dir, rows, force, allow_diff, click.echo)
-    click.echo(f"exported {model.label} to {export_dir} (model card: {export_dir / export_mod.CARD})")
+    export_mod.export(run, model, export_dir, rows, force, allow_diff, say)
+    say(f"exported {model.label} to {export_dir} (model card: {export_dir / export_mod.CARD})")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import guard
+from . import guard, inputs
 from .errors import TlfError
 from .fsutil import load_yaml_strict
 
@@ -95,10 +95,7 @@ def _find(name: str, spec_dir: Path | None) -> Path:
 
 def load_profile(name: str, spec_dir: Path | None = None, overrides: dict | None = None) -> Profile:
     path = _find(name, spec_dir)
-    try:
-        blob = path.read_bytes()
-    except OSError as error:
-        raise TlfError(f"{path}: cannot read the cluster profile ({error.strerror})") from None
+    blob = inputs.read_input(path, "cluster profile")
     raw = load_yaml_strict(blob, path)[0] or {}
     if not isinstance(raw, dict):
         raise TlfError(f"{path}: a cluster profile is a YAML mapping of keys")
@@ -129,8 +126,7 @@ def _check_profile(profile: Profile, path: Path) -> None:
         for line in getattr(profile, key):
             _guarded(path, key, guard.text, line, "", "list entry")   # one entry is one line
     for line in profile.extra_sbatch:
-        if not line.startswith("--"):
-            raise BadProfileValue(path, "extra_sbatch", f"{line!r} must be one '--option[=value]' per entry")
+        _check_extra_sbatch(line, path)
     if profile.gpu_memory_gb is not None:
         _guarded(path, "gpu_memory_gb", guard.number, profile.gpu_memory_gb, "", 0, MAX_GPU_MEMORY_GB, "GB")
     if profile.precision not in (None, "fp16", "bf16"):
@@ -138,6 +134,41 @@ def _check_profile(profile: Profile, path: Path) -> None:
     if profile.python is not None:
         _guarded(path, "python", guard.text, profile.python, "", "path")
     _check_env(profile, path)
+
+
+# Options tlf writes itself (each from a profile key, or for the job's own working): one given
+# again in extra_sbatch would silently win or lose depending on Slurm's order.
+TLF_SBATCH_OPTIONS = {"--output": "tlf writes it (the run's logs/)", "--error": "tlf writes it (the run's logs/)",
+                      "--array": "tlf writes it for a sweep", "--dependency": "tlf submit chains the steps",
+                      "--job-name": "tlf names each job after its run", "--open-mode": "tlf writes it (requeue)",
+                      "--signal": "use signal_seconds", "--requeue": "use requeue", "--no-requeue": "use requeue",
+                      "--partition": "use partition", "--nodes": "use nodes", "--ntasks-per-node": "tlf writes it",
+                      "--cpus-per-task": "use cpus_per_gpu", "--gres": "use gres and gpus_per_node",
+                      "--time": "use time", "--mem": "use mem", "--account": "use account", "--qos": "use qos",
+                      "--constraint": "use constraint",
+                      "--wrap": "tlf's jobs are its scripts", "--parsable": "a command-line option of sbatch"}
+
+
+def _check_extra_sbatch(line: str, path: Path) -> None:
+    """One ``--option[=value]`` per entry: no space (an #SBATCH line with two options would carry a
+    second one past every check), and not an option tlf sets itself."""
+    if not re.fullmatch(r"--[a-z][a-z0-9-]*(=\S+)?", line):
+        raise BadProfileValue(path, "extra_sbatch", f"{guard._short(line)} must be one '--option[=value]' per "
+                              "entry, without spaces (give each option as its own entry)")
+    option = line.split("=", 1)[0]
+    if option in TLF_SBATCH_OPTIONS:
+        raise BadProfileValue(path, "extra_sbatch", f"{option} is set by tlf ({TLF_SBATCH_OPTIONS[option]})")
+
+
+# Variables tlf's job scripts and steps set or read (RUN_DIR, TLF_*), Slurm's own (SLURM_*, the
+# job's identity: the requeue trap acts on $SLURM_JOB_ID), the multi-node rendezvous, and the
+# names that change how bash itself runs the script. PATH, LD_LIBRARY_PATH and LD_PRELOAD stay
+# allowed: sites need them for their modules and allocators, and the spec's author already
+# controls the job's set-up lines.
+RESERVED_ENV = {"RUN_DIR", "RUNS", "MASTER_ADDR", "MASTER_PORT", "MASTER_NODE", "SHELLOPTS", "BASHOPTS", "IFS",
+                "BASH_ENV", "ENV", "PS4", "BASH_XTRACEFD", "CDPATH", "GLOBIGNORE", "PROMPT_COMMAND",
+                "POSIXLY_CORRECT", "BASH_COMPAT", "HISTFILE", "child", "rc"}
+RESERVED_ENV_PREFIXES = ("TLF_", "SLURM_", "SBATCH_", "SRUN_", "BASH_FUNC_")
 
 
 def _check_env(profile: Profile, path: Path) -> None:
@@ -148,7 +179,10 @@ def _check_env(profile: Profile, path: Path) -> None:
         raise BadProfileValue(path, "visible_devices_var", "not an environment variable name")
     for key, value in profile.env.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise BadProfileValue(path, "env", f"{key!r} is not an environment variable name")
+            raise BadProfileValue(path, "env", f"{guard._short(key)} is not an environment variable name")
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            raise BadProfileValue(path, "env", f"{key} is set by tlf, Slurm or bash for the job itself; a spec may "
+                                  "not change it (see the README's promises)")
         if isinstance(value, (dict, list)) or value is None:
             raise BadProfileValue(path, "env", f"{key}: expected a text or number value, got {value!r}")
         _guarded(path, "env", guard.text, str(value), "", "value")

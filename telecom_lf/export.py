@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from . import lfargs, processes, rundir, score, use
+from . import lfargs, paths, processes, rundir, score, use
 from .errors import Failed, TlfError
-from .fsutil import atomic_write, default_mode
+from .fsutil import atomic_write, default_mode, remove_stale_directories
 from .rundir import Run
 from .use import RunModel
 
@@ -87,20 +87,15 @@ def _merge(model: RunModel, export_dir: Path, work: Path) -> None:
         raise Failed(f"llamafactory export failed; log: {log}")
 
 
-def _check_target(out: Path, force: bool) -> None:
-    if out.is_symlink():
-        raise TlfError(f"--to {out}: is a symbolic link; give the real directory")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise TlfError(f"--to {out}: exists and is not empty; pass --force to replace it")
-
-
 def export(run: Run, model: RunModel, out: Path, rows: int, force: bool, allow_diff: int, echo) -> Verification:
     """Merge, verify, write the card, then move the whole directory into place."""
     if model.adapter is None:
         raise TlfError(f"run {run.name}: no adapter to merge (a base model or a full fine-tune is already standalone)")
     out = out.absolute()
-    _check_target(out, force)
+    paths.claim_directory(out, "export", force, "--to", inputs=[run.path, model.adapter,
+                                                                 model.args["model_name_or_path"]])
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_directories(out.parent, f".{out.name}.tlf-")
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tlf-", dir=out.parent))
     staged = work / "model"
     echo(f"export: merging {model.adapter} into {model.args['model_name_or_path']} (llamafactory export) ...")
@@ -109,6 +104,7 @@ def export(run: Run, model: RunModel, out: Path, rows: int, force: bool, allow_d
     result = verify(run, model, staged, rows, work)
     _report(result, allow_diff, work, echo)
     write_card(staged, run, model, result, out)
+    (staged / paths.MARKER).write_bytes(paths.marker("export", [p.name for p in staged.iterdir()]))
     for path in staged.rglob("*"):   # a shipped model is read by others: not 0600 (safetensors' own mode)
         path.chmod(default_mode(directory=path.is_dir()))
     if out.exists():

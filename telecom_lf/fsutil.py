@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
 from .errors import TlfError
+
+STARTED = time.time()   # a temporary file of tlf's older than this is debris of a killed process
 
 
 def sha256_file(path: Path) -> str:
@@ -32,28 +38,32 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def atomic_write(path: Path, payload: bytes | str) -> None:
-    """Write to a temporary file beside ``path`` then rename: readers never see half a file.
-    See write_all: a symbolic link is written through, a replaced file keeps its mode and owner."""
-    write_all({Path(path): payload})
+def atomic_write(path: Path, payload: bytes | str, follow_link: bool = False) -> None:
+    """Write to a temporary file beside ``path`` then rename: readers never see half a file. See write_all."""
+    write_all({Path(path): payload}, follow_links=[Path(path)] if follow_link else ())
 
 
-def write_all(files: dict[Path, bytes | str]) -> None:
+def write_all(files: dict[Path, bytes | str], follow_links=()) -> None:
     """Files that belong together appear all or none. Each is first written whole to a temporary
-    file beside its target (a full disk fails here, before anything is visible); only then are
-    they renamed into place. On a failure the temporary files and the directories this call
-    created are removed. New files get the mode a plain write would give them (0644 under umask
-    022), not mkstemp's 0600: other users of a shared tree must still read them; a replaced file
-    keeps its mode and, where allowed, its owner. A symbolic link is written through (its target
-    is replaced), never replaced by a regular file."""
+    file beside its target (a full disk fails here, naming the file, before anything is visible);
+    only then are they renamed into place. On a failure the temporary files and the directories
+    this call created are removed, and debris of an earlier killed write is removed before. New
+    files get the mode a plain write would give them (0644 under umask 022), not mkstemp's 0600:
+    other users of a shared tree must still read them; a replaced file keeps its mode and, where
+    allowed, its owner. A symbolic link is replaced by the file, its target left alone (a link
+    planted in a directory tlf writes must not redirect the write), except the paths in
+    ``follow_links``, files of the user's that tlf updates (a shared dataset_info.json)."""
+    follow = {Path(p) for p in follow_links}
     created: list[Path] = []
     staged: list[tuple[str, Path]] = []
+    held: list[int] = []
     try:
         for path, payload in files.items():
-            target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+            path = Path(path)
+            target = Path(os.path.realpath(path)) if path in follow and path.is_symlink() else path
             _make_dirs(target.parent, created)
             blob = payload.encode("utf-8") if isinstance(payload, str) else payload
-            staged.append((_stage(target, blob), target))
+            staged.append(_stage(target, blob, held))
         for tmp, target in staged:
             os.replace(tmp, target)
     except BaseException:
@@ -63,6 +73,9 @@ def write_all(files: dict[Path, bytes | str]) -> None:
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def _make_dirs(directory: Path, created: list[Path]) -> None:
@@ -75,15 +88,55 @@ def _make_dirs(directory: Path, created: list[Path]) -> None:
         created.append(path)
 
 
-def _stage(target: Path, blob: bytes) -> str:
-    """``blob`` in a temporary file beside ``target``, with the mode (and owner) it should end with."""
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name[:100]}."
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove the temporary files a killed earlier write of ``target`` left beside it: named as
+    _stage names them, older than this process, and not locked (a live writer holds a lock on its
+    temporary file until it is renamed)."""
+    pattern = re.compile(re.escape(_temp_prefix(target)) + r"[a-z0-9_]{8}")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            if not pattern.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime >= STARTED:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(entry.path)
+                finally:
+                    os.close(fd)
+
+
+def remove_stale_directories(parent: Path, prefix: str) -> None:
+    """Remove staging directories ``prefix*`` in ``parent`` left by a killed earlier process (older than this one)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < STARTED:
+                        shutil.rmtree(entry.path)
+
+
+def _stage(target: Path, blob: bytes, held: list[int]) -> tuple[str, Path]:
+    """``blob`` in a temporary file beside ``target`` (locked until the process closes it), with the
+    mode (and owner) it should end with."""
     try:
-        existing = target.stat()
+        existing = os.stat(target, follow_symlinks=False)
         mode, owner = existing.st_mode & 0o7777, (existing.st_uid, existing.st_gid)
+        if os.path.islink(target):
+            mode, owner = default_mode(), None
     except OSError:
         mode, owner = default_mode(), None
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), dir=target.parent)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.append(os.dup(fd))
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(fd, mode)
             if owner is not None and owner != (os.geteuid(), os.getegid()):
@@ -92,10 +145,12 @@ def _stage(target: Path, blob: bytes) -> str:
             handle.write(blob)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:   # a full disk: name the file
+            raise OSError(error.errno, error.strerror, str(target)) from None
         raise
-    return tmp
+    return tmp, target
 
 
 MAX_YAML_NODES = 100_000     # a spec or profile has hundreds; an alias bomb has billions
@@ -119,6 +174,9 @@ def load_yaml_strict(blob: bytes, path: Path) -> tuple[object, dict[tuple, int]]
         raise TlfError(f"{path}: not UTF-8 ({error})") from None
     except RecursionError:
         raise TlfError(f"{path}: nested too deeply to read (a spec or profile is a few levels deep)") from None
+    except ValueError as error:   # an integer of more digits than Python converts (4300)
+        raise TlfError(f"{path}: a value cannot be read ({str(error).split(';')[0]}); no spec or profile value "
+                       "needs that many digits") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -141,6 +199,13 @@ def _walk(node, prefix: tuple, lines: dict[tuple, int], visited: list[int], path
             seen[key_node.value] = line
             lines[prefix + (key_node.value,)] = line
             _walk(value_node, prefix + (key_node.value,), lines, visited, path)
+    elif isinstance(node, yaml.ScalarNode) and not node.value.isascii():
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError:
+            where = ".".join(map(str, prefix)) or "a value"
+            raise TlfError(f"{path}:{node.start_mark.line + 1}: {where}: holds a lone surrogate escape such as "
+                           "\\ud800 (not a character; no file or terminal can hold it)") from None
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[prefix + (index,)] = item.start_mark.line + 1

@@ -11,6 +11,9 @@ here: it may hold a newline, ``../`` or ``$(...)``, and it may be a million char
   within the 255 bytes a file name may have).
 - ``inside``: a path, resolved (symbolic links followed), that must lie under its root.
 - ``integer``/``boolean``: typed values with bounds; YAML's ``"false"`` is not a boolean.
+- ``printable``: text for a terminal with control and bidirectional-override characters shown
+  as escapes: data (a run label, a failure cause) cannot clear the screen or reverse the numbers
+  after it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 
 from .errors import TlfError
@@ -32,9 +36,35 @@ class Refused(TlfError):
         self.detail = detail
 
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls and DEL, and U+2028/U+2029: U+0085 and those two end a line for YAML and
+# Python's splitlines, so they would split a rendered comment line as a newline would.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_COMPONENT_BYTES = 200
-CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL", "\t": "a tab"}
+CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\x00": "a NUL", "\t": "a tab",
+                 "\x85": "a next-line character (U+0085)", "\u2028": "a line separator (U+2028)",
+                 "\u2029": "a paragraph separator (U+2029)"}
+
+
+# C0 (but newline and tab) and C1 controls, DEL, and the bidirectional formatting characters.
+UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                         "\u2028\u2029]")
+
+
+def printable(value: str) -> str:
+    """``value`` with every control or bidi character written as its escape (``\\x1b``, ``\\u202e``)."""
+    return UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def is_text(value: str) -> bool:
+    """False for a string holding lone surrogates (bytes that were not UTF-8, or a JSON \\ud800):
+    it cannot be written to a file or a terminal as UTF-8."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _control_name(value: str) -> str | None:
@@ -50,6 +80,8 @@ def text(value, where: str, what: str = "value") -> str:
     if not isinstance(value, str):
         raise Refused(where, f"expected a string {what}, got {type(value).__name__} {_short(value)}")
     problem = _control_name(value)
+    if not problem and not is_text(value):
+        problem = "a lone surrogate such as '\\ud800' (not a character; a file cannot hold it)"
     if problem:
         raise Refused(where, f"{_short(value)} holds {problem}; a {what} must be one line of printable text")
     return value
@@ -61,6 +93,12 @@ def component(value, where: str, what: str = "name") -> str:
     if value in ("", ".", "..") or "/" in value or "\\" in value:
         raise Refused(where, f"{_short(value)} is not a plain {what}: it becomes a directory or file name, "
                        "so it must be one non-empty name without '/' and not '.' or '..'")
+    if unicodedata.normalize("NFC", value) != value:
+        raise Refused(where, f"{_short(value)} is not in Unicode normal form NFC: two names that look the same "
+                       f"would be two different files; write it as {_short(unicodedata.normalize('NFC', value))}")
+    if value.startswith("-"):
+        raise Refused(where, f"{_short(value)} begins with '-': a {what} is passed to commands, where it would "
+                       "read as an option")
     size = len(value.encode("utf-8"))
     if size > MAX_COMPONENT_BYTES:
         raise Refused(where, f"{_short(value)} is {size} bytes long; a {what} becomes a file name and may have "

@@ -183,6 +183,23 @@ def check_value(name: str, value) -> str | None:
         return f"{value!r} is not one of {list(info.choices)}{suggest(value, info.choices)}"
     if kind in ("int", "float") and name in RANGES:
         return RANGES[name].problem(value)
+    if kind in ("int", "float"):
+        return magnitude_problem(value)
+    return None
+
+
+MAX_INTEGER = 2**32 - 1    # the widest integer the C code under LLaMA-Factory takes (numpy's seed)
+MAX_FLOAT = 1e15           # far past any rate, ratio or norm; 1e30 is a typo, not a setting
+
+
+def magnitude_problem(value) -> str | None:
+    """Every numeric argument, also those without a range of their own: finite, and an integer
+    within MAX_INTEGER, a float within MAX_FLOAT (lora_rank: 10**30 would fail deep in PEFT)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {value!r}"
+    limit = MAX_INTEGER if isinstance(value, int) else MAX_FLOAT
+    if abs(value) > limit:
+        return f"{value!r} is beyond any setting (at most {limit:g} in magnitude)"
     return None
 
 
@@ -196,7 +213,7 @@ class Range(typing.NamedTuple):
         above = value >= self.low if self.low_included else value > self.low
         below = self.high is None or (value <= self.high if self.high_included else value < self.high)
         if above and below and math.isfinite(value):
-            return None
+            return magnitude_problem(value)
         opening = "[" if self.low_included else "("
         closing = "inf)" if self.high is None else f"{self.high}{']' if self.high_included else ')'}"
         return f"expected a finite value in {opening}{self.low}, {closing}, got {value!r}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import processes, rundir, score, use
+from . import inputs, processes, rundir, score, use
 from .errors import Failed, TlfError
 from .fsutil import atomic_write, sha256_bytes
 from .rundir import Run
@@ -27,7 +27,7 @@ DATASET = "tlf_probe"
 REQUEST = "probe_request.json"
 JOB_SCRIPT = "probe.sbatch"
 MAX_QUESTIONS = 10_000
-MAX_QUESTION_CHARS = 20_000
+MAX_QUESTION_CHARS = use.MAX_QUESTION_CHARS
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,7 @@ def check_question(text: str, where: str) -> str:
 def read_questions_file(path: Path) -> list[dict]:
     """One question per line, or JSON lines ``{"question": ..., "expected": ...}``."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise TlfError(f"{path}: cannot read ({error.strerror})") from None
+        text = inputs.read_input(path, "questions").decode("utf-8")
     except UnicodeDecodeError as error:
         raise TlfError(f"{path}: not UTF-8 text (byte {error.start}); give one question per line "
                        "or JSON lines with \"question\"") from None

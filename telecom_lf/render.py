@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, compat, dora, guard, lfargs, rundir, slurm
+from . import __version__, compat, dora, guard, inputs, lfargs, rundir, slurm
 from . import plan as plan_mod
 from .errors import TlfError
 from .fsutil import sha256_bytes, write_all
@@ -307,7 +307,7 @@ def git_commit(start: Path) -> str | None:
 @cache
 def _row_count(data_file: Path) -> int:
     """Rows of an Alpaca JSON file; read once, not once per sweep point."""
-    rows = json.loads(data_file.read_text(encoding="utf-8"))
+    rows = json.loads(inputs.read_input(data_file, "data set"))
     if not isinstance(rows, list):
         raise TypeError(f"a JSON {type(rows).__name__}, not a list")
     return len(rows)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import guard
+from . import guard, inputs
 from .errors import TlfError
 from .fsutil import atomic_write, sha256_file
 from .records import ExperimentRecord, Manifest
@@ -322,8 +322,8 @@ def elapsed_seconds(text) -> float | None:
 def read_json(path: Path):
     """A JSON file's value, or None when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        return json.loads(inputs.read_input(path, "record"))
+    except (TlfError, OSError, ValueError, RecursionError):
         return None
 
 

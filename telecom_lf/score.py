@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rundir
+from . import guard, inputs, rundir
 from .errors import TlfError
 
 LONG_THRESHOLD = 10
@@ -50,10 +50,7 @@ class ReadResult:
 def read_predictions(path: Path, skip_bad: bool = False) -> ReadResult:
     """Every known format: 0.9.5 and the vLLM script ({prompt, predict, label}), 0.6 ({label, predict})."""
     path = Path(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as error:
-        raise TlfError(f"{path}: cannot read ({error.strerror})") from error
+    blob = inputs.read_input(path, "predictions")
     result = ReadResult(rows=[])
     formats = set()
     for number, raw in enumerate(blob.split(b"\n"), start=1):
@@ -70,6 +67,8 @@ def read_predictions(path: Path, skip_bad: bool = False) -> ReadResult:
                 problem = f"missing key(s) {missing}"
             elif not isinstance(record["predict"], str) or not isinstance(record["label"], str):
                 problem = "'predict' and 'label' must be strings"
+            elif not all(_is_text(record.get(k)) for k in ("predict", "label", "prompt")):
+                problem = "holds a lone surrogate escape such as \\ud800 (not a character; JSON text cannot carry it)"
             elif len(record["predict"]) * len(record["label"]) > MAX_PAIR_CHARS:
                 problem = (f"predict ({len(record['predict']):,} characters) x label ({len(record['label']):,}) is "
                            f"over {MAX_PAIR_CHARS:,} character pairs, more than ROUGE's LCS can score in seconds")
@@ -97,6 +96,10 @@ def read_predictions(path: Path, skip_bad: bool = False) -> ReadResult:
                                                              if result.skipped else " (empty file)"))
     result.format = "+".join(sorted(formats))
     return result
+
+
+def _is_text(value) -> bool:
+    return not isinstance(value, str) or guard.is_text(value)
 
 
 def _reject_constant(name: str):
@@ -226,8 +229,8 @@ def categories_for(manifest_path: Path, split: str) -> list[str]:
     if manifest_path.is_dir():
         manifest_path = manifest_path / rundir.SPLIT_MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:
+        manifest = json.loads(inputs.read_input(manifest_path, "record"))
+    except (ValueError, RecursionError) as error:
         raise TlfError(f"{manifest_path}: cannot read split manifest ({error})") from None
     splits = manifest.get("splits") if isinstance(manifest, dict) else None
     if not isinstance(splits, dict):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from . import rundir
+from . import inputs, rundir
 from .errors import TlfError
 from .rundir import Run
 
@@ -37,6 +37,9 @@ class RunModel:
     @property
     def adapter(self) -> str | None:
         return self.args.get("adapter_name_or_path")
+
+MAX_QUESTION_CHARS = 20_000   # one question typed to chat or given to probe
+
 
 
 def read_config(path: Path) -> dict | None:
@@ -166,7 +169,7 @@ def dataset_rows(dataset_dir: Path, name: str) -> list[dict]:
     file_name = info[name].get("file_name")
     path = (dataset_dir / str(file_name)).resolve()
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(inputs.read_input(path, "data set"))
     except (OSError, ValueError) as error:
         raise TlfError(f"{path}: data set {name!r} is not readable JSON ({error})") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) and "instruction" in r for r in records):

@@ -58,6 +58,7 @@ class Case:
     code: int = 2
     files: dict = field(default_factory=dict)   # relative path -> str | bytes | callable(ws) written first
     own_data: bool = False                # copy the data set into {ws}/data (cases that change it)
+    max_output: int = 4000                # a message quotes at most ~200 characters of any input
 
 
 BASE_SPEC = {
@@ -447,7 +448,7 @@ DATA_CASES = [
          files={"raw.csv": '用户问题,答案\n"a,b\n'}),
     Case("import-binary", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/out"], ["raw.csv"],
          files={"raw.csv": b"\xff\xfe\xfa\x00\x81\x30\x81" * 20}),
-    Case("import-xlsx-is-text", ["data", "import", "{ws}/raw.xlsx", "--out", "{ws}/out"], ["raw.xlsx: Excel file format cannot be determined"],
+    Case("import-xlsx-is-text", ["data", "import", "{ws}/raw.xlsx", "--out", "{ws}/out"], ["raw.xlsx: not a readable .xlsx workbook"],
          files={"raw.xlsx": ROWS}),
     Case("import-jsonl-list-line", ["data", "import", "{ws}/raw.jsonl", "--out", "{ws}/out"],
          ["raw.jsonl: line 2: expected a JSON object of columns, got list"],
@@ -482,12 +483,12 @@ DATA_CASES = [
          files={"raw/telecom_all.json": '[{"用户问题": "a", "答案": "b_1"}]'}),
     Case("import-unknown-encoding", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/out", "--encoding", "nosuch"],
          ["cannot decode as nosuch"], files={"raw.csv": ROWS}),
-    Case("import-missing-file", ["data", "import", "{ws}/none.csv", "--out", "{ws}/out"], ["none.csv: no such file"]),
+    Case("import-missing-file", ["data", "import", "{ws}/none.csv", "--out", "{ws}/out"], ["none.csv: cannot read raw data: no such file"]),
     Case("import-unknown-suffix", ["data", "import", "{ws}/raw.txt", "--out", "{ws}/out"], ["unsupported file type '.txt'"],
          files={"raw.txt": ROWS}),
     Case("import-empty-question", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/out"], ["line 2, column '用户问题': empty question"],
          files={"raw.csv": "用户问题,答案\n ,a_1\n"}),
-    Case("split-missing", ["data", "split", "{ws}/none.json", "--out", "{ws}/out"], ["none.json: cannot read Alpaca JSON"]),
+    Case("split-missing", ["data", "split", "{ws}/none.json", "--out", "{ws}/out"], ["none.json: cannot read Alpaca JSON: no such file"]),
     Case("split-not-json", ["data", "split", "{ws}/a.json", "--out", "{ws}/out"], ["a.json: line 1: invalid JSON"],
          files={"a.json": "{"}),
     Case("split-not-records", ["data", "split", "{ws}/a.json", "--out", "{ws}/out"], ["expected a list of records"],
@@ -669,7 +670,191 @@ STATE_CASES = [
                            "runs": lambda ws, _: _render(ws / "s.yaml", ws / "runs")}),
 ]
 
-ALL_CASES = SPEC_CASES + SWEEP_CASES + YAML_CASES + CLI_CASES + SLURM_CASES + DATA_CASES + SCORE_CASES + STATE_CASES
+# ---------------------------------------------------------------- #29: what a user owns, special files, tlf's variables
+
+def _fifo(name: str):
+    def make(ws: Path, _data: Path) -> None:
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(ws / name)
+    return make
+
+
+def _sparse(name: str, size: int):
+    """A file of ``size`` bytes that takes no disk (a hole): big-input refusals without writing gigabytes."""
+    def make(ws: Path, _data: Path) -> None:
+        with open(ws / name, "wb") as handle:
+            handle.truncate(size)
+    return make
+
+
+def _zip_bomb(ws: Path, _data: Path) -> None:
+    """An .xlsx-named zip whose one part inflates to 300 MiB of zeros (about 300 KB on disk)."""
+    import zipfile
+
+    with zipfile.ZipFile(ws / "raw.xlsx", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as part:
+            block = b"\0" * (1 << 20)
+            for _ in range(300):
+                part.write(block)
+
+
+def _trained(ws: Path, _data: Path) -> None:
+    """The spec rendered, and its run marked trained (results and weights files) so export gets past resolve."""
+    _render(ws / "s.yaml", ws / "runs")
+    train = ws / "runs" / "h" / "h" / "train"
+    train.mkdir(parents=True, exist_ok=True)
+    (train / "train_results.json").write_text("{}")
+    (train / "adapter_model.safetensors").write_bytes(b"0")
+    (train / "adapter_config.json").write_text("{}")
+
+
+def _rendered_with_report_link(ws: Path, _data: Path) -> None:
+    _render(ws / "s.yaml", ws / "runs")
+    (ws / "elsewhere").mkdir()
+    (ws / "runs" / "h" / "report").symlink_to(ws / "elsewhere")
+
+
+PREDICTION = '{"predict": "a", "label": "a"}\n'
+RENDERED = {"s.yaml": spec_text(), "runs": lambda ws, _: _render(ws / "s.yaml", ws / "runs")}
+TRAINED = {"s.yaml": spec_text(), "runs": _trained}
+EXPORT = ["export", "{ws}/s.yaml", "--runs", "{ws}/runs", "--force", "--to"]
+TINY = ["model", "tiny", "--force", "--out"]
+
+OWNERSHIP_CASES = [
+    Case("tiny-force-over-data-set", [*TINY, "{ws}/data"], ["is a data set directory", "replaces only a model directory"],
+         own_data=True),
+    Case("tiny-force-over-user-dir", [*TINY, "{ws}/mine"], ["tlf did not write", "nothing was touched"],
+         files={"mine/notes.txt": "mine", "mine/sub/x.bin": b"\0\1"}),
+    Case("tiny-force-over-cwd", [*TINY, "."], ["the working directory or one above it"], files={"notes.txt": "mine"}),
+    Case("tiny-force-over-parent", [*TINY, "{ws}/.."], ["the working directory or one above it"]),
+    Case("tiny-force-over-run", [*TINY, "{ws}/runs/h/h"], ["is a run directory"], files=RENDERED),
+    Case("tiny-force-over-experiment", [*TINY, "{ws}/runs/h"], ["is an experiment directory"], files=RENDERED),
+    Case("tiny-force-over-link", [*TINY, "{ws}/link"], ["is a symbolic link"],
+         files={"real/a": "x", "link": lambda ws, _: _link(ws / "link", ws / "real")}),
+    Case("tiny-no-force-over-user-dir", ["model", "tiny", "--out", "{ws}/mine"], ["exists and is not empty; pass --force"],
+         files={"mine/a": "x"}),
+    Case("export-force-over-its-run", [*EXPORT, "{ws}/runs/h/h"], ["holds this command's input"], files=TRAINED),
+    Case("export-force-over-experiment", [*EXPORT, "{ws}/runs/h"], ["holds this command's input"], files=TRAINED),
+    Case("export-force-over-base-model", [*EXPORT, "{model}"], ["holds this command's input"], files=TRAINED),
+    Case("export-force-over-user-dir", [*EXPORT, "{ws}/mine"], ["tlf did not write"], files={**TRAINED, "mine/a": "x"}),
+    Case("export-force-over-cwd", [*EXPORT, "."], ["the working directory or one above it"], files=TRAINED),
+    Case("export-force-over-data-set", [*EXPORT, "{ws}/data"], ["is a data set directory"], files=TRAINED, own_data=True),
+    Case("report-dir-foreign", ["report", "--root", "{ws}/runs/h", "--report-dir", "{ws}/mypics"],
+         ["holds no report tlf wrote", "pass --force"], files={**RENDERED, "mypics/loss.png": "mine", "mypics/a.png": "x"}),
+    Case("report-dir-own-is-link", ["report", "--root", "{ws}/runs/h"], ["is a symbolic link"],
+         files={"s.yaml": spec_text(), "runs": _rendered_with_report_link}),
+]
+
+OUTPUT_CASES = [
+    Case("score-json-dev-null", ["score", "{ws}/p.jsonl", "--json", "/dev/null"], ["--json /dev/null: is a character device"],
+         files={"p.jsonl": PREDICTION}),
+    Case("score-json-fifo", ["score", "{ws}/p.jsonl", "--json", "{ws}/f"], ["is a FIFO"],
+         files={"p.jsonl": PREDICTION, "f": _fifo("f")}),
+    Case("score-json-over-dataset-info", ["score", "{ws}/p.jsonl", "--json", "{ws}/data/dataset_info.json"],
+         ["is not a score file tlf wrote"], files={"p.jsonl": PREDICTION}, own_data=True),
+    Case("score-json-over-user-json", ["score", "{ws}/p.jsonl", "--json", "{ws}/notes.json"],
+         ["is not a score file tlf wrote"], files={"p.jsonl": PREDICTION, "notes.json": '{"tool": "mine"}'}),
+    Case("score-json-over-its-manifest", ["score", "{ws}/p.jsonl", "--data", "{ws}/m.json", "--json", "{ws}/m.json"],
+         ["is one of this command's inputs"], files={"p.jsonl": PREDICTION, "m.json": _manifest()}),
+    Case("score-json-over-manifest-in-data-dir",
+         ["score", "{ws}/p.jsonl", "--data", "{ws}/data", "--json", "{ws}/data/split_manifest.json"],
+         ["is one of this command's inputs"], files={"p.jsonl": PREDICTION}, own_data=True),
+    Case("score-json-over-against", ["score", "{ws}/p.jsonl", "--against", "{ws}/q.jsonl", "--json", "{ws}/q.jsonl"],
+         ["is one of this command's inputs"], files={"p.jsonl": PREDICTION, "q.jsonl": PREDICTION}),
+    Case("synth-out-fifo", ["data", "synth", "--rows", "5", "--out", "{ws}/f.csv", "--force"], ["is a FIFO"],
+         files={"f.csv": _fifo("f.csv")}),
+    Case("import-out-file-fifo", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/o", "--force"], ["is a FIFO"],
+         files={"raw.csv": ROWS, "o/telecom_all.json": _fifo("o/telecom_all.json")}),
+]
+
+INPUT_CASES = [
+    Case("spec-fifo", ["render", "{ws}/s.yaml", "--out", "{ws}/runs"], ["s.yaml: is a FIFO (named pipe)"],
+         files={"s.yaml": _fifo("s.yaml")}),
+    Case("spec-dev-zero", ["spec", "/dev/zero"], ["/dev/zero: is a character device"]),
+    Case("spec-5-mib", ["spec", "{ws}/s.yaml"], ["a spec file may have at most 4194304 bytes"],
+         files={"s.yaml": _sparse("s.yaml", 5 << 20)}),
+    Case("score-fifo", ["score", "{ws}/p.jsonl"], ["is a FIFO"], files={"p.jsonl": _fifo("p.jsonl")}),
+    Case("score-dev-zero", ["score", "/dev/zero"], ["/dev/zero: is a character device"]),
+    Case("score-against-fifo", ["score", "{ws}/p.jsonl", "--against", "{ws}/q.jsonl"], ["q.jsonl: is a FIFO"],
+         files={"p.jsonl": PREDICTION, "q.jsonl": _fifo("q.jsonl")}),
+    Case("score-600-mib", ["score", "{ws}/p.jsonl"], ["a predictions file may have at most"],
+         files={"p.jsonl": _sparse("p.jsonl", 600 << 20)}),
+    Case("score-data-fifo", ["score", "{ws}/p.jsonl", "--data", "{ws}/m.json"], ["m.json: is a FIFO"],
+         files={"p.jsonl": PREDICTION, "m.json": _fifo("m.json")}),
+    Case("import-fifo", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/o"], ["raw.csv: is a FIFO"],
+         files={"raw.csv": _fifo("raw.csv")}),
+    Case("import-char-device", ["data", "import", "/dev/zero", "--out", "{ws}/o"], ["/dev/zero: is a character device"]),
+    Case("import-nul-file", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/o"], ["cannot decode as text: a NUL byte at byte 0"],
+         files={"raw.csv": b"\0" * 100_000}),
+    Case("import-5-mb-header", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/o"], ["missing column(s)", "characters)"],
+         files={"raw.csv": "x" * 5_000_000 + "\n1\n"}),
+    Case("import-wide-header", ["data", "import", "{ws}/raw.csv", "--out", "{ws}/o"], ["missing column(s)"],
+         files={"raw.csv": ",".join(f"c{i}" for i in range(100_000)) + "\n" + ",".join("1" * 100_000) + "\n"}),
+    Case("import-xlsx-zip-bomb", ["data", "import", "{ws}/raw.xlsx", "--out", "{ws}/o"], ["inflate to", "save it as CSV"],
+         files={"raw.xlsx": _zip_bomb}),
+    Case("import-xlsx-not-zip", ["data", "import", "{ws}/raw.xlsx", "--out", "{ws}/o"], ["raw.xlsx"],
+         files={"raw.xlsx": b"PK\3\4" + b"\0" * 100}),
+    Case("split-input-fifo", ["data", "split", "{ws}/in.json", "--out", "{ws}/o"], ["in.json: is a FIFO"],
+         files={"in.json": _fifo("in.json")}),
+    Case("register-into-fifo", ["data", "register", "{data}", "--into", "{ws}/info.json"], ["info.json: is a FIFO"],
+         files={"info.json": _fifo("info.json")}),
+    Case("probe-questions-fifo", ["probe", "{ws}/s.yaml", "--questions", "{ws}/q.txt", "--out", "{ws}/runs"],
+         ["q.txt: is a FIFO"], files={"s.yaml": spec_text(drop=("train",)), "q.txt": _fifo("q.txt"),
+                                      "runs": lambda ws, _: _render(ws / "s.yaml", ws / "runs")}),
+]
+
+VARIABLE_CASES = [
+    slurm_case(f"env-reserved-{key.lower()}", {"env": {key: "x"}}, f"slurm.env: {key} is set by tlf, Slurm or bash")
+    for key in ("RUN_DIR", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "TLF_PYTHON", "TLF_ANYTHING", "SHELLOPTS",
+                "BASHOPTS", "BASH_ENV", "IFS", "PS4", "MASTER_PORT", "BASH_FUNC_x")
+] + [
+    slurm_case("extra-sbatch-two-options", {"extra_sbatch": ["--qos=normal --error=/root/.bashrc"]},
+               "without spaces (give each option as its own entry)"),
+    slurm_case("extra-sbatch-error", {"extra_sbatch": ["--error=/root/.bashrc"]}, "--error is set by tlf"),
+    slurm_case("extra-sbatch-output", {"extra_sbatch": ["--output=/tmp/x"]}, "--output is set by tlf"),
+    slurm_case("extra-sbatch-array", {"extra_sbatch": ["--array=0-99"]}, "--array is set by tlf"),
+    slurm_case("extra-sbatch-dependency", {"extra_sbatch": ["--dependency=afterok:1"]}, "--dependency is set by tlf"),
+    slurm_case("extra-sbatch-job-name", {"extra_sbatch": ["--job-name=x"]}, "--job-name is set by tlf"),
+    slurm_case("extra-sbatch-time", {"extra_sbatch": ["--time=1"]}, "--time is set by tlf (use time)"),
+    slurm_case("extra-sbatch-quoted-space", {"extra_sbatch": ['--comment="a b"']}, "without spaces"),
+    render_case("predict-set-help", {"data": {"dir": "{ws}/data", "predict": ["--help"]}}, "begins with '-'",
+                own_data=True, extra_files={"data": register_names("--help")}, cluster=True),
+    render_case("train-set-dash", {"data": {"dir": "{ws}/data", "train": "-x"}}, "begins with '-'",
+                own_data=True, extra_files={"data": register_names("-x")}),
+]
+
+CRASH_CASES = [
+    render_case("train-rank-1e30", {"train": {"lora_rank": 10**30}}, "train.lora_rank: 10000000000000000000000000000"
+                "00 is beyond any setting"),
+    render_case("train-lr-1e300", {"train": {"learning_rate": 1e300}}, "train.learning_rate: 1e+300 is beyond any setting"),
+    render_case("train-grad-norm-nan", {"train": {"max_grad_norm": float("nan")}}, "train.max_grad_norm: expected a finite"),
+    render_case("train-weight-decay-inf", {"train": {"weight_decay": float("-inf")}}, "train.weight_decay: expected a finite"),
+    render_case("train-save-steps-huge", {"train": {"save_steps": 10**20}}, "train.save_steps: 100000000000000000000 is beyond"),
+    render_case("sweep-value-huge", {"sweep": {"grid": {"lora_dropout": [0.1, 1e200]}}}, "1e+200"),
+    render_case("predict-top-k-huge", {"predict": {"top_k": 2**40}}, "predict.top_k: 1099511627776 is beyond"),
+    render_case("name-nfd", {"name": "cafe\u0301"}, "experiment names use letters"),
+    render_case("data-predict-nfd", {"data": {"dir": "{ws}/data", "predict": ["te\u0301st"]}}, "not in Unicode normal form NFC",
+                own_data=True, extra_files={"data": register_names("te\u0301st")}),
+    render_case("seed-5000-digits", None, "that many digits", text=spec_text() + "seed: " + "9" * 5000 + "\n"),
+    Case("set-5000-digits", ["spec", "{ws}/s.yaml", "--set", "seed=" + "9" * 5000], ["--set", "not valid YAML"],
+         files={"s.yaml": spec_text()}),
+    Case("spec-path-line-separator", ["render", "{ws}/a\u2028b.yaml", "--out", "{ws}/runs"],
+         ["holds a line separator (U+2028)"], files={"a\u2028b.yaml": spec_text()}),
+    Case("spec-path-next-line", ["render", "{ws}/a\x85b.yaml", "--out", "{ws}/runs"],
+         ["holds a next-line character (U+0085)"], files={"a\x85b.yaml": spec_text()}),
+    Case("spec-path-paragraph-separator", ["render", "{ws}/a\u2029b.yaml", "--out", "{ws}/runs"],
+         ["holds a paragraph separator"], files={"a\u2029b.yaml": spec_text()}),
+    render_case("description-lone-surrogate", None, "lone surrogate",
+                text=spec_text() + 'description: "a\\ud800b"\n'),
+    Case("score-lone-surrogate", ["score", "{ws}/p.jsonl"], ["line 1: holds a lone surrogate"],
+         files={"p.jsonl": '{"predict": "\\ud800x", "label": "a"}\n'}),
+    Case("score-lone-surrogate-second-line", ["score", "{ws}/p.jsonl"], ["line 2: holds a lone surrogate", "--skip-bad"],
+         files={"p.jsonl": PREDICTION + '{"predict": "a", "label": "\\udfffx"}\n'}),
+    Case("synth-200000-rows", ["data", "synth", "--rows", "200000", "--out", "{ws}/x.csv"], ["--rows", "20000"]),
+]
+
+ALL_CASES = (SPEC_CASES + SWEEP_CASES + YAML_CASES + CLI_CASES + SLURM_CASES + DATA_CASES + SCORE_CASES + STATE_CASES
+             + OWNERSHIP_CASES + OUTPUT_CASES + INPUT_CASES + VARIABLE_CASES + CRASH_CASES)
 
 
 def test_the_corpus_is_large_and_its_ids_are_unique():
@@ -718,6 +903,7 @@ def test_hostile_input_is_refused_cleanly_and_writes_nothing(case, tiny_gemma, t
     assert result.exit_code == case.code, output
     for piece in case.message:
         assert _fill(piece, ws, tiny_gemma, data) in output, output
+    assert len(output) <= case.max_output, f"{len(output)} characters of output: {output[:500]}"
     assert snapshot(ws, telecom_dir, tiny_gemma) == before, "a refusal wrote or changed files"
     assert not (tmp_path / "cache" / "tlf" / "crashes").exists()
 
@@ -771,9 +957,10 @@ def test_rendered_scripts_pass_every_value_byte_exact_and_run_no_payload(tiny_ge
         (tmp_path / "stubs" / stub).chmod(0o755)
     expected_env = [f"{name}={PAYLOADS[name]}" for name in names]
     for script, args, argv in [
-            (root / "r2" / "job.sbatch", [], ["-m", "telecom_lf.cli", "step", str(root / "r2"), "all"]),
-            (root / "r4" / "job.sbatch", ["predict", DATA], ["-m", "telecom_lf.cli", "step", str(root / "r4"), "predict", DATA]),
-            (root / "array.sbatch", [], ["-m", "telecom_lf.cli", "step", str(root / "r4"), "all"]),
+            (root / "r2" / "job.sbatch", [], ["-m", "telecom_lf.cli", "step", "--", str(root / "r2"), "all"]),
+            (root / "r4" / "job.sbatch", ["predict", DATA],
+             ["-m", "telecom_lf.cli", "step", "--", str(root / "r4"), "predict", DATA]),
+            (root / "array.sbatch", [], ["-m", "telecom_lf.cli", "step", "--", str(root / "r4"), "all"]),
             (root / "report.sbatch", [], ["-m", "telecom_lf.cli", "report", "--root", str(root)])]:
         record.unlink(missing_ok=True)
         done = subprocess.run(["bash", str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -864,6 +1051,7 @@ def test_a_full_disk_leaves_no_partial_split(telecom_dir, small_disk):
     result = _split(telecom_dir / "telecom_train_all.json", small_disk / "out")
     assert result.exit_code == 1, result.output
     assert "No space left on device" in result.output and "Traceback" not in result.output, result.output
+    assert f"tlf: {small_disk / 'out'}/" in result.output, result.output    # the file that did not fit is named
     assert snapshot(small_disk) == before           # no subset, no manifest, no empty --out, no temp file
 
 

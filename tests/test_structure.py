@@ -15,10 +15,10 @@ PACKAGE = REPO / "telecom_lf"
 # contract below every stage; then the stages in the order data flows; the CLI on top.
 LAYERS = [
     {"__init__", "errors"},
-    {"fsutil", "guard"},
+    {"fsutil", "guard", "inputs"},
     {"records"},
     {"rundir"},
-    {"compat", "synth", "dora", "lock", "processes"},
+    {"compat", "synth", "dora", "lock", "processes", "paths"},
     {"lfargs"},
     {"cluster", "data", "score", "use"},
     {"tiny", "selection", "compare"},

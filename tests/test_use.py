@@ -146,6 +146,9 @@ def test_export_merges_verifies_and_a_wrong_merge_fails_the_check(study, tmp_pat
 
     again = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--to", out, check=False)
     assert again.returncode == 2 and "--force" in again.stderr
+    assert json.loads((out / ".tlf-owned").read_text(encoding="utf-8"))["kind"] == "export"
+    forced = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--to", out, "--rows", "2", "--force")
+    assert "2/2 rows" in forced.stdout     # tlf's own export is replaced with --force (a run or a user's dir is not)
     # --out: the deprecated old name of --to, for one release, with a warning
     old_name = tlf("export", spec, "--runs", runs_root, "--run", "r2", "--out", out, check=False)
     assert old_name.returncode == 2 and "--force" in old_name.stderr and "deprecated; use --to" in old_name.stderr

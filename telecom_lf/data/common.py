@@ -3,11 +3,9 @@ names, what a data set name is, and that no output is one of the inputs."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
-from .. import guard, rundir
+from .. import guard, paths, rundir
 from ..errors import TlfError
 
 # The blog's instruction, byte for byte: ASCII commas, full-width question mark.
@@ -33,10 +31,6 @@ def dataset_entry(file_name: str) -> dict:
 
 
 def refuse_inputs(outputs, inputs) -> None:
-    """No output may be one of the command's inputs (or a directory)."""
-    sources = {os.path.realpath(p) for p in inputs}
+    """No output may be one of the command's inputs, a directory or a special file (paths.check_output_file)."""
     for path in outputs:
-        if os.path.realpath(path) in sources:
-            raise TlfError(f"{path}: is one of this command's inputs; write the output elsewhere")
-        if Path(path).is_dir():
-            raise TlfError(f"{path}: is a directory; expected a file there")
+        paths.check_output_file(path, "", inputs)

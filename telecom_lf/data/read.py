@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import synth
+from .. import inputs, synth
 from ..errors import TlfError
 from ..fsutil import atomic_write, sha256_file
 from .common import (
@@ -50,14 +50,68 @@ def normalise_question(text: str) -> str:
 
 
 def _read_text(path: Path, encoding: str | None) -> tuple[str, str]:
-    blob = path.read_bytes()
+    blob = inputs.read_input(path, "raw data")
+    nul = blob.find(b"\x00")
+    if nul >= 0 and encoding is None:   # UTF-16 has NULs, but is given with --encoding
+        raise TlfError(f"{path}: cannot decode as text: a NUL byte at byte {nul} (a UTF-16 file: pass --encoding "
+                       "utf-16)")
     for candidate in (encoding,) if encoding else FALLBACK_ENCODINGS:
         try:
-            return blob.decode(candidate), candidate
+            text = blob.decode(candidate)
         except (UnicodeDecodeError, LookupError) as error:
             last = error
+            continue
+        if not encoding and candidate == "gb18030":
+            _refuse_mojibake(path, text)
+        return text, candidate
     tried = encoding or " or ".join(FALLBACK_ENCODINGS)
     raise TlfError(f"{path}: cannot decode as {tried} ({last}); pass --encoding")
+
+
+MAX_ROWS = 1_000_000                  # the CLI's own ceiling (`data synth --rows`): far above 5000 questions
+MAX_WORKBOOK_BYTES = 256 * inputs.MIB   # decompressed (5000 rows: ~2 MiB); a 390 KB zip bomb: gigabytes
+
+
+def _check_workbook(path: Path, suffix: str) -> None:
+    """A regular file within the raw-data limit, and an .xlsx whose parts inflate to at most
+    MAX_WORKBOOK_BYTES (the zip's own directory says, before anything is inflated)."""
+    import zipfile
+
+    inputs.check_input(path, "raw data")
+    if suffix != ".xlsx":
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise TlfError(f"{path}: not a readable .xlsx workbook ({error})") from None
+    if inflated > MAX_WORKBOOK_BYTES:
+        raise TlfError(f"{path}: its parts inflate to {inflated} bytes; a workbook may inflate to at most "
+                       f"{MAX_WORKBOOK_BYTES} bytes ({MAX_WORKBOOK_BYTES // inputs.MIB} MiB); save it as CSV")
+
+
+def _refuse_mojibake(path: Path, text: str) -> None:
+    """GB18030 decodes nearly any bytes: a Latin-1 or Windows-1252 file (détection) comes out as
+    rare ideographs. Chinese text read right is almost all common characters (GB2312, the
+    6763 everyday hanzi and their punctuation); when more than 5 % of the non-ASCII characters
+    (and at least 3) are rare, the guess was wrong: ask for the encoding instead of importing
+    nonsense."""
+    foreign = [ch for ch in text if ord(ch) > 127]
+    rare = sum(1 for ch in foreign if not _in_gb2312(ch))
+    if rare >= 3 and rare > 0.05 * len(foreign):
+        sample = next((line for line in text.splitlines() if any(not _in_gb2312(ch) for ch in line if ord(ch) > 127)),
+                      "")
+        raise TlfError(f"{path}: not UTF-8, and read as GB18030 it is full of characters Chinese hardly uses (e.g. "
+                       f"{inputs.quote(sample, 80)}); pass --encoding with the file's encoding, "
+                       "e.g. latin-1 or cp1252 (or gb18030 to import it as it is)")
+
+
+def _in_gb2312(char: str) -> bool:
+    try:
+        char.encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_frame(path: Path, encoding: str | None, sheet: str | None) -> tuple[pd.DataFrame, int, str]:
@@ -75,8 +129,10 @@ def _read_frame(path: Path, encoding: str | None, sheet: str | None) -> tuple[pd
             raise TlfError(f"{path}: not a readable CSV file ({error})") from None
         return frame, 2, used
     if suffix in (".xlsx", ".xls"):
+        _check_workbook(path, suffix)
         try:
-            frame = pd.read_excel(path, sheet_name=sheet or 0, dtype=str, keep_default_na=False)
+            frame = pd.read_excel(path, sheet_name=sheet or 0, dtype=str, keep_default_na=False,
+                                  nrows=MAX_ROWS + 1)
         except ValueError as error:  # unknown sheet name
             raise TlfError(f"{path}: {error}") from error
         except Exception as error:  # openpyxl/xlrd raise their own kinds for a file that is not a workbook
@@ -137,14 +193,16 @@ def read_raw(
 ) -> list[RawRow]:
     """Validated rows of a competition-like file; the first problem found is a TlfError."""
     path = Path(path)
-    if not path.is_file():
-        raise TlfError(f"{path}: no such file")
+    inputs.check_input(path, "raw data")
     frame, first_line, _ = _read_frame(path, encoding, sheet)
+    if len(frame) > MAX_ROWS:
+        raise TlfError(f"{path}: more than {MAX_ROWS} rows; tlf imports at most {MAX_ROWS}")
     wanted = [question_column, answer_column] + ([category_column] if category_column else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         where = f"{path} (sheet {sheet or 'first'})" if path.suffix.lower() in (".xlsx", ".xls") else str(path)
-        raise TlfError(f"{where}: missing column(s) {missing}; found {list(map(str, frame.columns))}")
+        raise TlfError(f"{where}: missing column(s) {inputs.quote(missing)}; found "
+                       f"{inputs.quote(list(map(str, frame.columns[:50])))}")
     unit = (
         "line" if path.suffix.lower() in (".csv", ".jsonl") else "row" if path.suffix.lower() != ".json" else "record"
     )
@@ -217,6 +275,7 @@ def write_synthetic(out: Path, n_rows: int, seed: int, force: bool = False) -> N
         payload = buffer.getvalue()
     else:
         raise TlfError(f"{out}: unsupported output type {suffix!r}; use .csv, .json, .jsonl or .xlsx")
+    refuse_inputs([out], ())
     if out.exists() and not force:
         raise TlfError(f"{out} exists; pass --force to overwrite")
     atomic_write(out, payload)
@@ -278,8 +337,8 @@ def load_imported(data_file: Path) -> tuple[list[dict], list[str], dict]:
 def read_json_file(path: Path, what: str):
     """A JSON file's value; an unreadable or invalid file is named with what was expected."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+        text = inputs.read_input(Path(path), "data set", what).decode("utf-8")
+    except UnicodeDecodeError as error:
         raise TlfError(f"{path}: cannot read {what} ({getattr(error, 'strerror', None) or error})") from None
     return _json_value(text, Path(path))
 

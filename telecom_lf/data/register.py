@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import lock
+from .. import inputs, lock
 from ..errors import TlfError
 from ..fsutil import write_all
 from .common import dataset_entry, refuse_inputs
@@ -34,7 +34,7 @@ def _load_info(info: Path) -> dict:
     if not info.exists():
         return {}
     try:
-        loaded = json.loads(info.read_text(encoding="utf-8"))
+        loaded = json.loads(inputs.read_input(info, "record"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise TlfError(f"{info}: not valid JSON ({error}); refusing to touch it") from None
     except RecursionError:
@@ -82,7 +82,7 @@ def register(info: Path, entries: dict[str, dict], force: bool = False, inputs: 
         before = _load_info(info)
         merged = merged_info(info, entries, force)
         if merged is not None:
-            write_all({info: merged})
+            write_all({info: merged}, follow_links=[info])
     return [name for name, entry in entries.items() if before.get(name) != entry]
 
 

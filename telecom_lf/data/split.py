@@ -261,17 +261,17 @@ def write_splits(out_dir: Path, files: dict[str, bytes], manifest: dict, force: 
     if out_dir.exists() and not out_dir.is_dir():
         raise TlfError(f"--out {out_dir}: is a file; expected a directory for the subsets")
     targets: dict[Path, bytes] = {out_dir / name: blob for name, blob in files.items()}
+    info = register_into or out_dir / DATA_INFO
+    refuse_inputs([*targets, out_dir / MANIFEST, info], inputs)
     for path, blob in targets.items():
-        if path.is_dir() or (path.exists() and not force and path.read_bytes() != blob):
+        if path.exists() and not force and path.read_bytes() != blob:
             raise TlfError(f"{path} exists with different content; pass --force to overwrite")
     targets[out_dir / MANIFEST] = (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
-    info = register_into or out_dir / DATA_INFO
-    refuse_inputs([*targets, info], inputs)
     entries = split_entries(manifest["splits"], out_dir, info)
     merged_info(info, entries, force)          # a refusal here writes nothing
     with _info_lock(info):
         merged = merged_info(info, entries, force)
-        write_all({**targets, **({info: merged} if merged is not None else {})})
+        write_all({**targets, **({info: merged} if merged is not None else {})}, follow_links=[info])
 
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import lock, rundir
+from .. import lock, paths, rundir
+from ..errors import TlfError
 from ..fsutil import write_all
 from . import plots as plots_module
 from . import replicas, verdicts
@@ -40,7 +41,7 @@ from .study import (
     safetensors_parameters,
     training_segments,
 )
-from .tables import comparison_table, config_table, swept_arguments, terminal_table
+from .tables import comparison_table, config_table, inert_csv, swept_arguments, terminal_table
 
 __all__ = [
     "plots_module",
@@ -94,27 +95,57 @@ class Report:
     table: pd.DataFrame
 
 
-def write_report(root: Path, out: Path | None = None) -> Report:
+# What earlier versions wrote into <experiment>/report before it carried a .tlf-owned list.
+LEGACY_REPORT_FILES = ("report.csv", "report.md", "report.html", "report_by_config.csv", "loss.png", "selection.png",
+                       "replicas.png")
+
+
+def report_directory(root: Path, out: Path | None, force: bool) -> tuple[Path, set[str]]:
+    """Where the report goes and which files tlf wrote there before (those, and only those, it may
+    remove). The experiment's own report/ is tlf's; a --report-dir tlf did not write is the user's:
+    refused unless --force, and then tlf writes its files beside theirs and deletes none of theirs."""
+    if out is None:
+        out = rundir.Experiment(root).report_dir
+        if out.is_symlink():
+            raise TlfError(f"{out}: is a symbolic link; tlf writes the report only into the experiment's own "
+                           "report/ directory (remove the link, or give --report-dir)")
+        legacy = set(LEGACY_REPORT_FILES) | {p.name for p in out.glob("metrics_vs_*.png")}
+    else:
+        out = Path(out).absolute()
+        legacy = set()
+        if out.exists() and not out.is_dir():
+            raise TlfError(f"--report-dir {out}: is a file, not a directory")
+        if out.exists() and any(out.iterdir()) and paths.owner(out) != "report" and not force:
+            raise TlfError(f"--report-dir {out}: exists, is not empty and holds no report tlf wrote; pass --force "
+                           "to write the report's files into it (tlf never deletes files it did not write)")
+    marker = paths.read_marker(out)
+    earlier = set(marker.get("files", [])) if marker and marker.get("kind") == "report" else legacy
+    return out, {name for name in earlier if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+
+
+def write_report(root: Path, out: Path | None = None, force: bool = False) -> Report:
     """report.html, report.md, report.csv and the PNGs, all or none, under the report's lock."""
     root = Path(root).resolve()
-    out = Path(out).resolve() if out else rundir.Experiment(root).report_dir
+    out, earlier = report_directory(root, out, force)
     study = gather(root)
     table = comparison_table(study)
     images = plots(study)
     by_config = replicas.table(study, study.configs) if study.configs else None
-    files: dict[Path, bytes] = {out / "report.csv": table.to_csv(index=False).encode("utf-8"),
+    files: dict[Path, bytes] = {out / "report.csv": inert_csv(table),
                                 out / "report.md": markdown_page(study, table, images, by_config),
                                 out / "report.html": html_page(study, table, images, root, out, by_config)}
     if by_config is not None:
-        files[out / "report_by_config.csv"] = by_config.to_csv(index=False).encode("utf-8")
+        files[out / "report_by_config.csv"] = inert_csv(by_config)
     files.update({out / name: blob for name, blob in images.items()})
+    for path in files:
+        paths.check_output_file(path, "")
+    files[out / paths.MARKER] = paths.marker("report", [p.name for p in files])
     out.mkdir(parents=True, exist_ok=True)
     with lock.hold(out, f"tlf report of {study.name}", wait=True):   # short: queue, never refuse
         write_all(files)
-        earlier = [*out.glob("metrics_vs_*.png"), *(out / n for n in ("loss.png", "selection.png", "replicas.png",
-                                                                       "report_by_config.csv"))]
-        for stale in earlier:   # an earlier shape of the report
-            if stale not in files:
+        for name in earlier - {p.name for p in files}:   # an earlier shape of the report
+            stale = out / name
+            if stale.is_file() or stale.is_symlink():
                 stale.unlink(missing_ok=True)
     terminal = terminal_table(study) + (f"\n\nby configuration (mean ± sd over seeds):\n{config_table(by_config)}"
                                         if by_config is not None else "")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 from .. import rundir, score
 from .study import LOWER_IS_BETTER, METRICS, RunRecord, Study
-from .tables import _markdown
+from .tables import _markdown, markdown_text
 
 # ---------------------------------------------------------------- report.md, report.csv, report.html
 
@@ -127,15 +128,16 @@ def _summary(study: Study) -> str:
 
 def markdown_page(study: Study, table: pd.DataFrame, images: dict[str, bytes],
                   by_config: pd.DataFrame | None = None) -> bytes:
-    lines = [f"# {study.name}: comparison report", "",
-             f"Spec: `{study.experiment.spec}`  ", f"{_summary(study)}. The per-question view, sortable "
-             "table and per-category accuracy are in report.html (one file; open it in a browser).", "",
+    lines = [f"# {markdown_text(study.name)}: comparison report", "",
+             f"Spec: {markdown_text(study.experiment.spec)}  ",
+             f"{markdown_text(_summary(study))}. The per-question view, sortable table and per-category accuracy "
+             "are in report.html (one file; open it in a browser).", "",
              units_line(study, "compared with" in table.columns), ""]
-    lines += [f"- {note}" for note in study.notes] + ([""] if study.notes else [])
+    lines += [f"- {markdown_text(note)}" for note in study.notes] + ([""] if study.notes else [])
     lines += [_markdown(table), ""]
     if by_config is not None:
         lines += ["## By configuration (mean ± sd over seeds)", "", _markdown(by_config), ""]
-    lines += [f"![{name}]({name})" for name in images]
+    lines += [f"![{markdown_text(name)}]({quote(name)})" for name in images]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

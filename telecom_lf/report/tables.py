@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import unicodedata
 
 import pandas as pd
@@ -103,13 +105,47 @@ def _text(value) -> str:
     return str(value)
 
 
+MARKDOWN_ACTIVE = re.compile(r"(\\|`|\||(?<=\])\()")
+
+
+def markdown_text(value) -> str:
+    """Text a Markdown viewer shows as text: HTML escaped (no live <img onerror>, no <autolink>), and
+    what would start code, end a table cell or make ``[text](target)`` a link or an image that loads
+    backslash-escaped. Underscores and brackets stay as they are: names like telecom_test_100 read
+    plainly in the file itself."""
+    return MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(str(value), quote=False))
+
+
 def _markdown(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
+    header = "| " + " | ".join(markdown_text(c) for c in table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = [
-        "| " + " | ".join(_text(v).replace("|", "\\|") for v in row) + " |" for row in table.itertuples(index=False)
-    ]
+    body = ["| " + " | ".join(markdown_text(_text(v)) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_csv(table: pd.DataFrame) -> bytes:
+    """The table as CSV with every text cell a spreadsheet would run as a formula (OWASP: one that
+    begins with = + - @ tab or CR, and is not a plain number) prefixed with a single quote."""
+    def neutral(value):
+        if isinstance(value, str) and value.startswith(FORMULA_START) and not _is_number(value):
+            return "'" + value
+        return value
+
+    columns = [neutral(c) for c in table.columns]
+    safe = table.map(neutral)
+    safe.columns = columns
+    return safe.to_csv(index=False).encode("utf-8")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text
 
 
 def _width(text: str) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import guard, lfargs, rundir
+from .. import guard, inputs, lfargs, rundir
 from ..cluster import PROFILE_KEYS, BadProfileValue, load_profile
 from ..compat import BLOG_TEMPLATE_FOR
 from ..errors import TlfError
@@ -42,10 +42,7 @@ from .schema import (
 
 
 def _load_yaml(path: Path) -> tuple[dict, dict[tuple, int], bytes]:
-    try:
-        blob = path.read_bytes()
-    except OSError as error:
-        raise TlfError(f"{path}: cannot read spec ({error.strerror})") from error
+    blob = inputs.read_input(path, "spec")
     document, lines = load_yaml_strict(blob, path)
     if not isinstance(document, dict):
         raise TlfError(f"{path}: a spec is a YAML mapping of keys, got {type(document).__name__}")
@@ -205,8 +202,9 @@ def apply_overrides(raw: dict, overrides: list[str], path: Path) -> dict:
             raise TlfError(f"--set {override!r}: expected KEY=VALUE, e.g. model=/path or train.learning_rate=1.0e-4")
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise TlfError(f"--set {override!r}: value is not valid YAML ({error})") from error
+        except (yaml.YAMLError, ValueError, RecursionError) as error:
+            raise TlfError(f"--set {guard._short(override)}: value is not valid YAML "
+                           f"({guard._short(str(error).split(';')[0], 200)})") from None
         parts = key.strip().split(".")
         if not all(parts) or guard.CONTROL.search(key):
             raise TlfError(f"--set {override!r}: KEY is dotted names, e.g. train.learning_rate")
@@ -562,8 +560,8 @@ def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -
     if not info_path.exists():
         raise TlfError(f"{where}: {info_path} does not exist; run `tlf data split` or fix data.dir")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as error:
+        info = json.loads(inputs.read_input(info_path, "record"))
+    except (ValueError, RecursionError) as error:
         raise TlfError(f"{info_path}: not valid JSON ({error})") from None
     if not isinstance(info, dict):
         raise TlfError(f"{info_path}: expected a JSON object of data set entries")
