@@ -17,6 +17,7 @@ import shlex
 import sys
 
 from . import guard, use
+from .errors import TlfError
 from .use import RunModel
 
 BANNER = ("tlf chat: {label}\n  model {model}\n  adapter {adapter}\n  template {template}, decoding {decoding}\n"
@@ -48,7 +49,13 @@ def _load(model: RunModel):
     from .compat import register_blog_templates
 
     register_blog_templates()
-    return ChatModel(use.infer_args(model))
+    args = use.infer_args(model)
+    try:
+        return ChatModel(args)
+    except (OSError, ValueError) as error:   # LLaMA-Factory's "Failed to load tokenizer." names no path
+        where = ", ".join(f"{key} {args[key]}" for key in ("model_name_or_path", "adapter_name_or_path") if key in args)
+        raise TlfError(f"cannot load the model ({where}): {str(error).strip()[:300]}; is the path there, from this "
+                       "machine?") from None
 
 
 def _stop(engine) -> None:

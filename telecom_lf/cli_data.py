@@ -58,7 +58,14 @@ def data_import(raw: Path, out_dir: Path, name: str, question_column: str, answe
                                encoding, sheet, drop_duplicates)
     result = data_stage.import_rows(rows, raw, out_dir, name,
                                     instruction or data_stage.BLOG_INSTRUCTION, force)
+    how = ("given with --encoding" if encoding else
+           "detected: not UTF-8; pass --encoding if that is wrong" if rows.encoding == "gb18030" else "detected")
+    if rows.encoding != "xlsx":
+        say(f"read {raw} as {ENCODING_NAMES.get(rows.encoding, rows.encoding)} ({how})")
     say(f"wrote {result.rows} rows to {result.data_file} (categories in {result.meta_file.name})")
+
+
+ENCODING_NAMES = {"utf-8-sig": "UTF-8", "gb18030": "GB18030"}
 
 
 @data.command("split")

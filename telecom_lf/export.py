@@ -147,6 +147,9 @@ def write_card(export_dir: Path, run: Run, model: RunModel, result: Verification
         "run": str(run.path), "label": model.label, "base_model": model.args["model_name_or_path"],
         "adapter": model.adapter, "template": model.args.get("template"), "instruction": model.wrapper,
         "training": {k: train[k] for k in CARD_TRAIN_KEYS if k in train},
+        "data": {"directory": run.manifest.dataset_dir, "training set": train.get("dataset"),
+                 "dev set (checkpoint selection)": (run.manifest.select or {}).get("on"),
+                 "scored on": run.predict_sets},
         "spec": run.manifest.spec, "versions": lfargs.installed_versions(),
         "scores": {s: {k: v for k, v in sc.items() if not isinstance(v, (dict, list))} for s, sc in scores.items()},
         "verification": {"dataset": result.dataset, "rows": result.rows, "differing": result.differing},
@@ -170,6 +173,8 @@ def card_text(record: dict, export_dir: Path) -> str:
     ]
     if record["instruction"]:
         lines.append(f"- every question was wrapped as: `{record['instruction']}`")
+    lines += ["", "## Data", ""] + [f"- {k}: `{', '.join(v) if isinstance(v, list) else v}`"
+                                     for k, v in record["data"].items() if v]
     lines += ["", "## Training", ""] + [f"- {k}: `{v}`" for k, v in record["training"].items()]
     lines += ["", "## Scores of the adapter (tlf score)", ""]
     for name, sc in record["scores"].items():

@@ -141,6 +141,7 @@ def test_export_merges_verifies_and_a_wrong_merge_fails_the_check(study, tmp_pat
     assert "6/6 rows of telecom_test_100 identical" in result.stdout
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "tlf_blog_default" in card and WRAPPER[0] in card and "lora_rank: `2`" in card
+    assert "- training set: `" in card and "- scored on: `telecom_test_100`" in card
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shipped")]   # no work dir left
 

@@ -87,7 +87,10 @@ def _leakage(loaded: dict[str, list[dict]], test: str, trains: list[str]) -> lis
         same_norm = sum(1 for r in loaded[train] if normalise_question(r["instruction"]) in test_norm)
         same_qa = sum(1 for r in loaded[train] if (r["instruction"], r["output"]) in test_qa)
         if same_qa or same_q or same_norm:
-            problems.append(f"leakage {train} -> {test}: {train} rows whose question+answer is in "
-                            f"{test}: {same_qa}; same question: {same_q}; same question after "
-                            f"normalising (NFKC, case, spaces, punctuation): {same_norm}")
+            covered = len({q for q in test_q if q in {r["instruction"] for r in loaded[train]}})
+            problems.append(f"leakage {train} -> {test}: counted in rows of {train} ({len(loaded[train])} rows) "
+                            f"against the {len(loaded[test])} rows of {test}: question+answer in {test}: "
+                            f"{same_qa}; same question: {same_q}; same question after normalising (NFKC, case, "
+                            f"spaces, punctuation): {same_norm}; {covered} of the {len(loaded[test])} questions "
+                            f"of {test} are seen in training")
     return problems

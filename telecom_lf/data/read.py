@@ -31,6 +31,12 @@ class RawRow:
     category: str
 
 
+class RawRows(list):
+    """The rows, and the encoding they were read with ('xlsx' for a workbook)."""
+
+    encoding: str = ""
+
+
 def category_of(answer: str) -> str:
     """The balancing key derived from an answer: the label before ``_`` of its first item.
 
@@ -190,11 +196,11 @@ def read_raw(
     encoding: str | None = None,
     sheet: str | None = None,
     drop_duplicates: bool = False,
-) -> list[RawRow]:
+) -> RawRows:
     """Validated rows of a competition-like file; the first problem found is a TlfError."""
     path = Path(path)
     inputs.check_input(path, "raw data")
-    frame, first_line, _ = _read_frame(path, encoding, sheet)
+    frame, first_line, used = _read_frame(path, encoding, sheet)
     if len(frame) > MAX_ROWS:
         raise TlfError(f"{path}: more than {MAX_ROWS} rows; tlf imports at most {MAX_ROWS}")
     wanted = [question_column, answer_column] + ([category_column] if category_column else [])
@@ -206,7 +212,8 @@ def read_raw(
     unit = (
         "line" if path.suffix.lower() in (".csv", ".jsonl") else "row" if path.suffix.lower() != ".json" else "record"
     )
-    rows: list[RawRow] = []
+    rows = RawRows()
+    rows.encoding = used
     seen: dict[tuple[str, str], int] = {}
     for offset, record in enumerate(frame[wanted].itertuples(index=False)):
         line = first_line + offset

@@ -311,6 +311,12 @@ def _model_location(given: str, base: Path, fail) -> tuple[str, str | None]:
         if not (local / rundir.MODEL_CONFIG).is_file():
             fail(f"model directory {local} has no config.json (is it a Hugging Face model directory?)")
         return str(local), None
+    from_cwd = Path(given).expanduser().absolute()
+    if not Path(given).expanduser().is_absolute() and not local.exists() and from_cwd.is_dir():
+        fail(f"{given!r} is not a directory relative to the spec ({local}), but is relative to the working directory "
+             f"({from_cwd}); a spec's relative paths are read from the spec's own directory, as data.dir is (so "
+             "the spec means the same from anywhere): write the absolute path, or the path from the spec")
+        return str(local), None
     if HUB_ID_RE.fullmatch(given) and not local.exists():
         return given, f"model {given!r} is not a directory here: read as a hub id, resolved at run time"
     fail(f"model directory {local} does not exist" + (" (it is a file)" if local.exists() else ""))
