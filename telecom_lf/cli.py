@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, rundir
 from .cli_base import SET_OPTION, Group, load_spec, say, spec_options
 from .cli_data import data, model
 from .cli_use import chat, export, probe
@@ -272,10 +272,16 @@ def _test_only(scripts: list[Path]) -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.command(epilog=f"States: {rundir.STATE_LEGEND}")
 @spec_options()
 def status(spec_path: Path, out: Path, overrides) -> None:
-    """Per run: its state, artifacts, Slurm jobs (tlf submit's and plain sbatch's) and failure causes."""
+    """Per run: its state, artifacts, Slurm jobs (tlf submit's and plain sbatch's) and failure causes.
+
+    Exit status: 0 when every run is done; 1 when a run failed, was cancelled, timed out, was
+    preempted or interrupted, or Slurm could not be asked; 3 when runs are still to run or running.
+    """
+    from collections import Counter
+
     from . import plan as plan_mod
     from . import render as render_mod
     from . import scheduler, slurm
@@ -283,11 +289,20 @@ def status(spec_path: Path, out: Path, overrides) -> None:
     spec = load_spec(spec_path, overrides, require_model=False)
     names = [r.name for r in plan_mod.expand(spec)]
     job_names = {n: slurm.job_name(spec, n) for n in names}
-    lines, problem = scheduler.status_lines(render_mod.layout(spec, out), names, job_names)
+    where = render_mod.layout(spec, out)
+    say(f"experiment {spec.name}: {where.root}" + ("" if where.root.is_dir() else
+                                                    f" (not rendered there: is --out {out} the runs root it was "
+                                                    "rendered into?)"))
+    lines, problem, words = scheduler.status_lines(where, names, job_names)
     for line in lines:
         say(line)
+    say(f"{len(words)} run(s): " + ", ".join(f"{n} {w}" for w, n in Counter(words).items()))
     if problem:
         raise Failed(problem)
+    if any(word in scheduler.NOT_FINISHED_BADLY for word in words):
+        sys.exit(1)
+    if any(word != "done" for word in words):
+        sys.exit(3)
 
 
 @main.command()

@@ -68,7 +68,16 @@ ADAPTER_TYPES = ("lora", "oft")
 # What an experiment directory holds beside its runs: no run may be named like one of them.
 EXPERIMENT_ENTRIES = (EXPERIMENT, JOBS, LOGS, REPORT_DIR, ARRAY_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT)
 JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")    # what sbatch returns, or <array>_<task>
-STATES = ("rendered", "training", "trained", "selected", "predicted", "done", "failed")
+STATES = ("rendered", "training", "trained", "selected", "predicted", "done", "failed", "interrupted")
+# What `tlf status` says (STATES, and what Slurm's job states add: scheduler.run_word).
+STATE_LEGEND = (
+    "rendered: nothing ran yet; queued: a job of the run waits in Slurm's queue; training: its training step "
+    "is running; trained / selected / predicted: those steps are done; done: scored; requeued: Slurm requeued "
+    "its job (preemption or time limit) and it resumes from the last checkpoint; failed: a step failed (its "
+    "cause and log are shown) or its job failed before the step started (the job's .err is shown); cancelled: "
+    "its job was cancelled (scancel); timed-out: its job hit the time limit; preempted: its job was preempted "
+    "and not requeued; interrupted: its step stopped (Ctrl-C, a killed process or job) and nothing runs it now; "
+    "not rendered: no run directory under --out.")
 
 
 def predict_file(dataset: str) -> str:
@@ -454,6 +463,19 @@ def started(run_dir: Path) -> bool:
     return (run_dir / TRAIN_DIR).exists() or any(run_dir.glob("predict-*/"))
 
 
+def _gone(record: dict) -> bool:
+    """A "running" record whose process was on this host and is not alive any more (killed)."""
+    if record.get("host") != platform.node() or not isinstance(record.get("pid"), int) or record.get("job_id"):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def state(run: Run) -> str:
     """One word from STATES; "failed" only while the failed step has not been redone."""
     if score_done(run):
@@ -462,7 +484,10 @@ def state(run: Run) -> str:
     if failed_steps(run, records):
         return "failed"
     if run.trains and not train_done(run):
-        return "training" if records.get("train", {}).get("state") == "running" or started(run.path) else "rendered"
+        train = records.get("train", {})
+        if train.get("state") == "interrupted" or (train.get("state") == "running" and _gone(train)):
+            return "interrupted"
+        return "training" if train.get("state") == "running" or started(run.path) else "rendered"
     if run.predict_sets and all(predict_done(run, s) for s in run.predict_sets):
         return "predicted"
     if run.select and select_done(run):

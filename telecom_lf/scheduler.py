@@ -184,8 +184,10 @@ def active_jobs(experiment: Experiment, job_names: list[str]) -> list[str]:
     return sorted(j for j, state in states.items() if state.split()[0] in ACTIVE)
 
 
-def queued_by_name(names: list[str]) -> dict[str, list[tuple[str, str]]]:
-    """Jobs in the queue by job name (job id, state), also those submitted by plain ``sbatch``."""
+def queued_by_name(names: list[str], finished: bool = False) -> dict[str, list[tuple[str, str]]]:
+    """Jobs in the queue by job name (job id, state), also those submitted by plain ``sbatch``;
+    with ``finished``, also those the controller still remembers after they ended (MinJobAge, 5
+    minutes by default): a plain sbatch that failed before its step wrote anything."""
     if not names or not shutil.which("squeue"):
         return {}
     done = _slurm(["squeue", "-h", "-r", "-o", "%i|%j|%T", f"--name={','.join(names)}"])
@@ -193,7 +195,40 @@ def queued_by_name(names: list[str]) -> dict[str, list[tuple[str, str]]]:
     for line in done.stdout.splitlines():
         job, name, state = (line.split("|") + ["", ""])[:3]
         queued.setdefault(name, []).append((job, state))
+    if finished and shutil.which("scontrol"):
+        wanted = set(names)
+        for fields in map(_fields, _slurm(["scontrol", "-o", "show", "jobs"]).stdout.splitlines()):
+            job = _job_id(fields)
+            if fields.get("JobName") in wanted and job not in {j for j, _ in queued.get(fields["JobName"], [])}:
+                queued.setdefault(fields["JobName"], []).append((job, fields.get("JobState", "?")))
     return queued
+
+
+def _fields(line: str) -> dict[str, str]:
+    """``scontrol -o show job``'s KEY=VALUE tokens (values with spaces, such as a command, are cut; the keys read
+    here have none)."""
+    return dict(token.split("=", 1) for token in line.split() if "=" in token)
+
+
+def _job_id(fields: dict[str, str]) -> str:
+    """An array task as squeue and sbatch name it (123_4), else the job id."""
+    if fields.get("ArrayTaskId") and fields.get("ArrayJobId"):
+        return f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+    return fields.get("JobId", "?")
+
+
+def job_stderr(job: str, log_dirs: list[Path]) -> str | None:
+    """Where a job's stderr went: scontrol's StdErr while the controller remembers the job, else the
+    file tlf's #SBATCH --error pattern (%x-%j.err, %x-%A_%a.err) gave it in the logs directories."""
+    if shutil.which("scontrol"):
+        with_fields = _fields(_slurm(["scontrol", "-o", "show", "job", job]).stdout)
+        if with_fields.get("StdErr"):
+            return with_fields["StdErr"]
+    for directory in log_dirs:
+        found = sorted(directory.glob(f"*-{job}.err")) if directory.is_dir() else []
+        if found:
+            return str(found[0])
+    return None
 
 
 # ---------------------------------------------------------------- status
@@ -239,15 +274,16 @@ def _last_submission(experiment: Experiment, problems: list[str]) -> dict:
 
 def status_lines(
     experiment: Experiment, run_names: list[str], job_names: dict[str, str]
-) -> tuple[list[str], str | None]:
+) -> tuple[list[str], str | None, list[str]]:
     """Per run: its state, which artifacts exist, its jobs and their states, and for a failed run
-    the cause and the log it was read from; and what kept job states from being known, if anything."""
+    the cause and the log it was read from; what kept job states from being known, if anything;
+    and each run's state word."""
     problems: list[str] = []
     last = _last_submission(experiment, problems)
     down = controller_problem() if job_names else None
     if down:
         problems.append(down)
-    queued = {} if down else _guarded(lambda: queued_by_name(list(job_names.values())), problems, {})
+    queued = {} if down else _guarded(lambda: queued_by_name(list(job_names.values()), finished=True), problems, {})
     submitted = last.get("runs", {})
     per_run = {}
     for name in run_names:
@@ -258,18 +294,49 @@ def status_lines(
     report_job = last.get("report")
     ids = [j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or ""]
     states = {} if down else _guarded(lambda: job_states(ids), problems, {})
-    lines = [_run_line(name, per_run.get(name), states) for name in run_names]
+    shown = [_run_line(name, per_run.get(name), states) for name in run_names]
+    lines = [line for line, _ in shown]
     if report_job:
         lines.append(f"report job {report_job}: {states.get(report_job, '?')}")
-    return lines, "; ".join(problems) or None
+    return lines, "; ".join(problems) or None, [word for _, word in shown]
 
 
-def _run_line(name: str, found, states: dict[str, str]) -> str:
+# What a job's final state says about a run that is not done; the run's own records come first.
+ENDED_BADLY = {"CANCELLED": "cancelled", "TIMEOUT": "timed-out", "DEADLINE": "timed-out", "FAILED": "failed",
+               "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed", "PREEMPTED": "preempted"}
+NOT_FINISHED_BADLY = ("failed", "cancelled", "timed-out", "preempted", "interrupted")
+
+
+def run_word(word: str, jobs: dict[str, str], states: dict[str, str]) -> str:
+    """The run's state from its own records (rundir.state) corrected by what Slurm says of its jobs:
+    a run whose record still says "training" after its job was cancelled is cancelled, not training."""
+    if word == "done":
+        return word
+    current = [states.get(job, "?").split()[0].rstrip("+") for job in jobs.values()]
+    if any(state in ACTIVE for state in current):
+        if any(state in ("REQUEUED", "REQUEUE_HOLD") for state in current):
+            return "requeued"
+        return "queued" if word == "rendered" and "RUNNING" not in current else word
+    badly = [ENDED_BADLY[state] for state in current if state in ENDED_BADLY]
+    if word == "failed" or not badly:
+        return "interrupted" if word == "training" and current and "?" not in current else word
+    return badly[-1]
+
+
+def _run_line(name: str, found, states: dict[str, str]) -> tuple[str, str]:
     if found is None:
-        return f"{name:36s} not rendered"
+        return f"{name:36s} not rendered", "not rendered"
     run, records, jobs = found
+    word = run_word(rundir.state(run), jobs, states)
     shown = " ".join(f"{k}={v}:{states.get(v, '?')}" for k, v in jobs.items())
-    lines = [f"{name:36s} {rundir.state(run):9s} {_artifacts(run)}  {shown}".rstrip()]
-    for link, record in rundir.failed_steps(run, records).items():
+    lines = [f"{name:36s} {word:11s} {_artifacts(run)}  {shown}".rstrip()]
+    failed = rundir.failed_steps(run, records)
+    for link, record in failed.items():
         lines += [f"    {link} failed: {record.get('cause')}", f"    log: {record.get('log')}"]
-    return "\n".join(lines)
+    for link, job in jobs.items():
+        state = states.get(job, "?").split()[0].rstrip("+")
+        if state in ENDED_BADLY and not failed:
+            err = job_stderr(job, [run.path / rundir.LOGS, run.path.parent / rundir.LOGS])
+            lines.append(f"    job {job} ({link}) ended {state} before its step recorded a failure; its stderr: "
+                         f"{err or 'not found (the job may have been cancelled before it started)'}")
+    return "\n".join(lines), word

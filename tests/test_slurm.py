@@ -218,11 +218,12 @@ def test_status_shows_jobs_of_plain_sbatch_and_a_vanished_model_as_the_cause(tin
     shutil.rmtree(model)  # vanished between rendering and the job's start
     job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch")], capture_output=True, text=True,
                          check=True).stdout.strip()
-    queued = tlf("status", spec, "--out", out).stdout
-    assert job in queued, queued   # known by its job name before it ever ran
+    queued = tlf("status", spec, "--out", out, check=False)
+    assert job in queued.stdout and queued.returncode == 3, queued   # known by its job name before it ever ran
     assert wait_final([job], timeout=300)[job] == "FAILED"
-    shown = tlf("status", spec, "--out", out, check=False).stdout
-    assert f"train={job}:FAILED" in shown, shown
+    failed = tlf("status", spec, "--out", out, check=False)
+    shown = failed.stdout
+    assert failed.returncode == 1 and f"train={job}:FAILED" in shown, shown
     assert "byhand" in shown and " failed " in shown
     assert f"train failed: model directory {model} does not exist (it was there when the run was rendered)" in shown
     assert f"log: {run_dir / 'logs' / 'train.log'}" in shown
@@ -422,3 +423,48 @@ def test_a_chain_with_checkpoint_selection_puts_a_select_job_between_train_and_p
     states = wait_final(list(ids.values()), timeout=900)
     assert set(states.values()) == {"COMPLETED"}, states
     assert json.loads((root / "selchain" / "selection.json").read_text())["chosen"]["step"] in (7, 14)
+
+
+def _status(spec: Path, out: Path) -> tuple[int, dict[str, str], str]:
+    """tlf status's exit code, each run's state word, and its whole output."""
+    done = tlf("status", spec, "--out", out, check=False)
+    words = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()
+             if line and not line.startswith((" ", "experiment ", "report job")) and "run(s):" not in line}
+    return done.returncode, words, done.stdout + done.stderr
+
+
+def test_a_cancelled_array_task_is_cancelled_not_training_and_status_fails(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "cancel.yaml", tiny_gemma, telecom_dir, train=", num_train_epochs: 200.0",
+                     extra="sweep: {grid: {lora_rank: [1, 2]}}\n")
+    out = tmp_path / "runs"
+    tlf("submit", spec, "--out", out)
+    record = last_submission(out / "cancel")
+    task = {name: jobs["array_task"] for name, jobs in record["runs"].items()}
+    name = next(n for n, t in task.items() if t.endswith("_1"))
+    train_record = out / "cancel" / name / "steps" / "train.json"
+    end = time.monotonic() + patience(300)
+    while not (train_record.exists() and json.loads(train_record.read_text())["state"] == "running"):
+        assert time.monotonic() < end, f"task {task[name]} never started training"
+        time.sleep(1)
+    subprocess.run(["scancel", task[name]], check=True)
+    assert wait_final([task[name]], timeout=120)[task[name]] == "CANCELLED"
+    subprocess.run(["scancel", record["array"], record["report"]], check=True)
+    wait_final([record["array"], record["report"]], timeout=120)
+    code, words, shown = _status(spec, out)
+    assert words[name] == "cancelled", shown         # its step record may still say running: Slurm knows better
+    assert code == 1 and "cancelled" in shown.splitlines()[-1], shown
+
+
+def test_a_plain_sbatch_refused_by_the_rendered_file_check_is_failed_with_its_err(tiny_gemma, telecom_dir, tmp_path):
+    spec = spec_file(tmp_path / "edited.yaml", tiny_gemma, telecom_dir)
+    out = tmp_path / "runs"
+    tlf("render", spec, "--out", out)
+    run_dir = out / "edited" / "edited"
+    (run_dir / "train.yaml").write_text((run_dir / "train.yaml").read_text() + "learning_rate: 1.0\n")
+    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert wait_final([job], timeout=300)[job] == "FAILED"
+    code, words, shown = _status(spec, out)
+    assert code == 1 and words["edited"] == "failed", shown
+    err = next(line.split("its stderr: ", 1)[1] for line in shown.splitlines() if "its stderr: " in line)
+    assert Path(err).is_file() and "train.yaml" in Path(err).read_text(), (err, shown)
