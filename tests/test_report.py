@@ -93,7 +93,8 @@ def vary_study(tmp_path, telecom_dir):
 def test_a_vary_sweep_compares_each_run_with_its_base_and_shows_the_base_values(vary_study):
     study = report.gather(vary_study)
     table = report.comparison_table(study).set_index("run")
-    assert table.loc["r4", "use_dora"] == False and table.loc["r4", "lora_rank"] == 4   # noqa: E712 (not "–")
+    assert table.loc["r4", "use_dora"] == "false" and table.loc["r4", "lora_rank"] == 4   # as the spec writes it
+    assert str(table.loc["r4", "lora_rank"]) == "4"                                       # 4, not 4.0
     assert table.loc["r8", "compared with"] == "r4" and table.loc["r4-dora", "compared with"] == "r4"
     assert table.loc["r4", "compared with"] == "upstream-defaults"
     delta = report.delta_column("acc", SET)
@@ -109,10 +110,34 @@ def test_every_ab_plot_holds_the_base_point_and_a_labelled_baseline(vary_study, 
     dora = figures[1].axes[0]
     assert [t.get_text() for t in dora.get_xticklabels()] == ["false (A/B base)", "true"]
     labels = [line.get_label() for line in dora.get_lines()]
-    assert f"LLaMA-Factory defaults, {SET}" in labels
+    assert f"baseline LLaMA-Factory defaults, {SET}" in labels
     points = [line for line in dora.get_lines() if line.get_label() == SET][0]
     assert list(points.get_ydata()) == [30.0, 20.0] and points.get_linestyle() == "None"
     assert dora.get_ylabel() == "acc (%)" and dora.get_ylim()[0] == 0
+    baseline = [line for line in dora.get_lines() if line.get_label().startswith("baseline")][0]
+    assert baseline.get_color() == "black" and baseline.get_linestyle() != "-"   # a style no series has
+    assert not dora.get_legend() and figures[1].legends                          # the legend is outside the axes
+
+
+def test_each_series_has_its_own_colour_and_marker_and_categories_are_not_joined(tmp_path, telecom_dir, monkeypatch):
+    root = tmp_path / "e"
+    runs = [{"name": f"r{rank}-{dora}", "point": {"lora_rank": rank, "use_dora": dora}}
+            for rank in (4, 8) for dora in (False, True)]
+    make_experiment(root, runs, [{"kind": "grid", "arguments": ["lora_rank"]},
+                                 {"kind": "grid", "arguments": ["use_dora"]}])
+    for number, run in enumerate(runs):
+        make_run(root, telecom_dir, run["name"], right=number + 1, log=_log([5, 10]))
+    study = report.gather(root)
+    figures = _capture(monkeypatch)
+    for axis in study.axes:
+        report.axis_plot(study, axis)
+    by_rank, by_dora = figures[0].axes[0], figures[1].axes[0]
+    lines = [line for line in by_rank.get_lines() if not line.get_label().startswith(("baseline", "best"))]
+    assert len(lines) == 2 and len({(line.get_color(), line.get_marker()) for line in lines}) == 2
+    assert len({line.get_marker() for line in lines}) == 2            # not colour alone, not dash alone
+    assert all(line.get_linestyle() == "-" for line in lines)         # numeric: a curve
+    categorical = [line for line in by_dora.get_lines() if not line.get_label().startswith(("baseline", "best"))]
+    assert categorical and all(line.get_linestyle() == "None" for line in categorical)   # true/false: no line
 
 
 def _capture(monkeypatch) -> list:

@@ -57,7 +57,8 @@ def _question_rows(study: Study, dataset: str) -> list[dict]:
         known = rows[index] if index < len(rows) else None
         answered = [r.answers.get(dataset, []) for r in study.records]
         label = known["label"] if known else next((a[index][1] for a in answered if index < len(a)), "")
-        out.append({"index": index, "question": known["question"] if known else "", "label": label.strip(),
+        out.append({"index": index, "question": known["question"] if known else "",
+                    "prompt": known.get("prompt", "") if known else "", "label": label.strip(),
                     "category": known["category"] if known else "", "long": len(label.strip()) > score.LONG_THRESHOLD,
                     "answers": [[a[index][0], a[index][0].strip() == label.strip()] if index < len(a) else None
                                 for a in answered]})

@@ -36,18 +36,33 @@ def loss_plot(records: list[RunRecord]) -> bytes | None:
     curves = [r for r in records if r.losses]
     if not curves:
         return None
-    figure, axis = _pyplot().subplots(figsize=(8, 4.5))
-    for record in curves:
+    figure, axis = _pyplot().subplots(figsize=(8, 4.5), layout="constrained")
+    for number, record in enumerate(curves):
         epochs, _steps, losses = zip(*record.losses)
-        axis.plot(epochs, losses, marker="." if len(epochs) < 30 else None, label=record.title)
+        axis.plot(epochs, losses, marker=MARKERS[number % len(MARKERS)], markevery=max(1, len(epochs) // 12),
+                  color=f"C{number % 10}", linestyle="--" if record.baseline else "-", label=record.title)
+    axis.set_ylim(bottom=0)     # from zero: 6.50 to 6.675 must not look like a fall
     axis.set_xlabel("epoch")
     axis.set_ylabel("training loss")
     silent = [r.name for r in records if not r.losses]
     axis.set_title("Training loss by epoch" + (f" ({len(curves)} of {len(records)} runs logged a loss; none yet: "
                                                f"{_clip(', '.join(silent), 70)})" if silent else ""), fontsize=10)
-    axis.legend(fontsize=7)
+    _legend_outside(figure, axis)
     axis.grid(alpha=0.3)
     return _png(figure)
+
+
+# Each series its own colour AND marker (telling true from false must not rest on a dash); the
+# upstream baseline is a black dashed line, named in the legend.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def _legend_outside(figure, axis) -> None:
+    """One legend for the figure, below the axes, never over the data points."""
+    handles, labels = axis.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7,
+                      frameon=False)
 
 
 @dataclass
@@ -106,30 +121,36 @@ def axis_plot(study: Study, axis: dict) -> bytes | None:
     if not any(len(s.points) > 1 or axis["kind"] == "vary" for s in series):
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5.2 * len(PLOT_METRICS), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(5.2 * len(PLOT_METRICS), 4.6), squeeze=False,
+                                layout="constrained")
     baseline = next((r for r in study.records if r.baseline), None)
     labels = list(dict.fromkeys(x for s in series for x, _ in s.points))
+    # A/B points are separate comparisons with the base, and categories (true/false, q_proj/all) have
+    # no order between them: no line joins either. Only a numeric grid axis is a curve.
+    joined = axis["kind"] != "vary" and all(_number(v) for r in study.records for v in
+                                             (r.point.get(k) for k in axis["arguments"]) if v is not None)
     for plot, metric in zip(axes[0], PLOT_METRICS):
         top = 0.0
-        for index, dataset in enumerate(study.sets):
-            color = f"C{index}"
-            for number, line in enumerate(series):
+        number = 0
+        for dataset in study.sets:
+            for line in series:
                 shown = [(labels.index(x), r.row[metric_column(metric, dataset)]) for x, r in line.points
                          if r.row.get(metric_column(metric, dataset)) is not None]
                 if shown:
                     xs, ys = zip(*shown)
-                    # A/B points are separate comparisons with the base: no line joins them.
-                    style = "none" if axis["kind"] == "vary" else ["-", "--", ":", "-."][number % 4]
-                    plot.plot(xs, ys, marker="o", markersize=7, linestyle=style, color=color,
+                    plot.plot(xs, ys, marker=MARKERS[number % len(MARKERS)], markersize=7, color=f"C{number % 10}",
+                              linestyle="-" if joined else "none",
                               label=f"{dataset}{f' ({line.name})' if line.name else ''}")
                     top = max(top, *ys)
+                number += 1
+        for style, dataset in zip(((0, (4, 3)), (0, (1, 2)), (0, (6, 2, 1, 2))), study.sets):
             value = baseline.row.get(metric_column(metric, dataset)) if baseline else None
             if value is not None:
-                plot.axhline(value, linestyle=(0, (4, 3)), linewidth=1, color=color, alpha=0.7,
-                             label=f"{baseline.label or baseline.name}, {dataset}")
+                plot.axhline(value, linestyle=style, linewidth=1.2, color="black",
+                             label=f"baseline {baseline.label or baseline.name}, {dataset}")
                 top = max(top, value)
             if metric == "acc" and dataset in study.ceiling:
-                plot.axhline(study.ceiling[dataset], linestyle=":", linewidth=1.5, color=color,
+                plot.axhline(study.ceiling[dataset], linestyle=style, linewidth=1.5, color="tab:gray",
                              label=f"best possible, {dataset}")
                 top = max(top, study.ceiling[dataset])
         plot.set_ylim(0, max(5.0, top * 1.12))          # never a degenerate axis, 0 always shown
@@ -138,7 +159,7 @@ def axis_plot(study: Study, axis: dict) -> bytes | None:
         plot.set_xlabel(axis_title(axis))
         plot.set_ylabel(f"{metric} (%)")
         plot.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    _legend_outside(figure, axes[0][0])
     kind = {"vary": "one at a time against the A/B base", "zip": "moved together", "grid": "grid"}[axis["kind"]]
     figure.suptitle(f"{study.name}: metrics against {axis_title(axis)} ({kind})", fontsize=10)
     return _png(figure)
@@ -158,7 +179,7 @@ def selection_plot(records: list[RunRecord]) -> bytes | None:
     if not chosen:
         return None
     metric, on = chosen[0].selection.get("metric", "acc"), chosen[0].selection.get("on", "dev")
-    figure, axis = _pyplot().subplots(figsize=(8, 4.5))
+    figure, axis = _pyplot().subplots(figsize=(8, 4.5), layout="constrained")
     top = 0.0
     for index, record in enumerate(chosen):
         points = [(c["step"], c[metric]) for c in record.selection["checkpoints"]
@@ -166,7 +187,7 @@ def selection_plot(records: list[RunRecord]) -> bytes | None:
         if not points:
             continue
         steps, values = zip(*points)
-        axis.plot(steps, values, marker="o", color=f"C{index}", label=record.title)
+        axis.plot(steps, values, marker=MARKERS[index % len(MARKERS)], color=f"C{index % 10}", label=record.title)
         pick = record.selection["chosen"]
         if _number(pick.get(metric)):
             axis.plot([pick["step"]], [pick[metric]], marker="*", markersize=16, color=f"C{index}",
@@ -176,7 +197,7 @@ def selection_plot(records: list[RunRecord]) -> bytes | None:
     axis.set_xlabel("training step (checkpoint)")
     axis.set_ylabel(f"{metric} (%) on {on}")
     axis.set_title(f"Checkpoint selection: {metric} on {on} per checkpoint (★ the one chosen)", fontsize=10)
-    axis.legend(fontsize=7)
+    _legend_outside(figure, axis)
     axis.grid(alpha=0.3)
     return _png(figure)
 

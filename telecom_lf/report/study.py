@@ -80,7 +80,10 @@ class Study:
 
     @property
     def sets(self) -> list[str]:
-        return list(self.experiment.predict_sets)
+        """The predict sets, the test set first: the columns a reader sees first are the verdict's,
+        not train_100's (training data in the blog's mode)."""
+        first = self.test_set
+        return ([first] if first else []) + [s for s in self.experiment.predict_sets if s != first]
 
     @property
     def name(self) -> str:
@@ -89,7 +92,8 @@ class Study:
     @property
     def test_set(self) -> str | None:
         """The set a best run is judged on without select: the last one named like a test set."""
-        return ([s for s in self.sets if "test" in s] or self.sets or [None])[-1]
+        written = list(self.experiment.predict_sets)
+        return ([s for s in written if "test" in s] or written or [None])[-1]
 
 
 # ---------------------------------------------------------------- reading what the runs wrote
@@ -287,7 +291,7 @@ def read(root: Path) -> Study:
                        entry.reference if entry.reference in names else None) for entry in runs]
     axes = [a for a in experiment.axes or _axes_from_varied(runs) if a.get("arguments")]
     opened = [run for run in (_open(root / entry.name) for entry in runs) if run is not None]
-    questions = {d: _questions(opened, d) for d in sets}
+    questions = {d: _questions(opened, d, _instruction(opened)) for d in sets}
     ceiling = _ceiling(opened, sets)
     notes = _notes(records, questions, _instruction(opened)) + _ceiling_notes(ceiling)
     return Study(experiment, axes, records, questions, notes, {d: c["acc"] for d, c in ceiling.items()})
@@ -298,8 +302,9 @@ def _axes_from_varied(runs: list[RunEntry]) -> list[dict]:
     return [{"kind": "grid", "arguments": [key]} for key in sorted({k for r in runs for k in r.varied})]
 
 
-def _questions(runs: list[rundir.Run], dataset: str) -> list[dict]:
-    """The predict set's rows as the runs saw them: question, label, category (from the split)."""
+def _questions(runs: list[rundir.Run], dataset: str, wrapper: str | None = None) -> list[dict]:
+    """The predict set's rows as the runs saw them: question (the instruction wrapper taken off),
+    the whole prompt, label, category (from the split)."""
     for run in runs:
         entry = _read_object(run.path / rundir.DATASETS_FILE).get(dataset)
         if not run.manifest.dataset_dir or not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
@@ -308,10 +313,22 @@ def _questions(runs: list[rundir.Run], dataset: str) -> list[dict]:
         if not isinstance(records, list):
             continue
         categories = _categories(run.split_manifest, dataset)
-        return [{"question": str(r.get("instruction", "")) + ("\n" + str(r["input"]) if r.get("input") else ""),
-                 "label": str(r.get("output", "")), "category": categories[i] if i < len(categories) else ""}
-                for i, r in enumerate(records) if isinstance(r, dict)]
+        prompts = [str(r.get("instruction", "")) + ("\n" + str(r["input"]) if r.get("input") else "")
+                   if isinstance(r, dict) else None for r in records]
+        return [{"question": _unwrapped(prompt, wrapper), "prompt": prompt, "label": str(r.get("output", "")),
+                 "category": categories[i] if i < len(categories) else ""}
+                for i, (r, prompt) in enumerate(zip(records, prompts)) if prompt is not None]
     return []
+
+
+def _unwrapped(prompt: str, wrapper: str | None) -> str:
+    """The question inside the data's instruction wrapper (``回答...,{question},应该怎么做？``), else the prompt."""
+    if not wrapper or "{question}" not in wrapper:
+        return prompt
+    before, after = wrapper.split("{question}", 1)
+    if prompt.startswith(before) and prompt.endswith(after) and len(prompt) >= len(before) + len(after):
+        return prompt[len(before):len(prompt) - len(after)]
+    return prompt
 
 
 def _split_manifests(runs: list[rundir.Run]):
@@ -391,7 +408,8 @@ def _is_instruction(text: str, instruction: str | None, rows: list[dict] | None)
     if not folded:
         return False
     wrapper = normalise_question(instruction.replace("{question}", "")) if instruction else None
-    return folded == wrapper or any(folded in normalise_question(row["question"]) for row in (rows or [])[:20])
+    return folded == wrapper or any(folded in normalise_question(row.get("prompt", row["question"]))
+                                    for row in (rows or [])[:20])
 
 
 def _clip(text: str, limit: int) -> str:

@@ -61,9 +61,16 @@ def comparison_table(study: Study) -> pd.DataFrame:
             row["loss flags"] = "; ".join(flag.split(":", 1)[0] for flag in record.flags)
         rows.append(row)
     table = pd.DataFrame(rows)
+    for argument in swept_arguments(study):   # as written: 8 beside 16, not 16.0; true, not True
+        table[argument] = pd.Series([_argument(r.point.get(argument)) for r in study.records], dtype=object)
     if "trainable params" in table:
         table["trainable params"] = table["trainable params"].astype("Int64")   # a count, even beside a gap
     return table
+
+
+def _argument(value):
+    """A swept argument's value as the spec writes it (JSON true/false and lists), ints as ints."""
+    return json.dumps(value) if isinstance(value, (bool, list, dict)) else value
 
 
 def _tested_cells(record: RunRecord, metric: str, dataset: str) -> dict:
@@ -96,10 +103,23 @@ def _cell(value):
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def _text(value) -> str:
-    """A table cell as a person reads it: – for nothing, no trailing .0 on whole numbers."""
+def _text(value, column: str = "") -> str:
+    """A table cell as a person reads it, one format per kind of column: percentages with one
+    decimal, Δ signed, p-values and losses with 3 significant digits, counts as integers,
+    booleans as the spec writes them (true/false), – for nothing."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "–"
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float) and column:
+        if column.startswith("Δ"):
+            return f"{value:+.1f}"
+        if " % " in column or column.endswith(" %"):
+            return f"{value:.1f}"
+        if column.startswith("p of ") or column in ("final loss",):
+            return f"{value:.3g}"
+        if column in ("train time (s)", "samples/s", "peak mem (GB)"):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.4g}"
     return str(value)
@@ -119,7 +139,8 @@ def markdown_text(value) -> str:
 def _markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(markdown_text(c) for c in table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(markdown_text(_text(v)) for v in row) + " |" for row in table.itertuples(index=False)]
+    body = ["| " + " | ".join(markdown_text(_text(v, c)) for v, c in zip(row, table.columns)) + " |"
+            for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body])
 
 
@@ -165,9 +186,9 @@ def terminal_table(study: Study) -> str:
                                                         for metric in per_set] + ["final loss"]
     rows = [
         [r.name, *[r.label or ""] * labelled, r.state]
-        + [_text(r.row.get(metric_column(m, d))) if m in METRICS else delta_text(r, "acc", d)
+        + [_text(r.row.get(metric_column(m, d)), metric_column(m, d)) if m in METRICS else delta_text(r, "acc", d)
            for d in study.sets for m in per_set]
-        + [_text(r.row.get("final_loss")) + ("!" if r.flags else "")]
+        + [_text(r.row.get("final_loss"), "final loss") + ("!" if r.flags else "")]
         for r in study.records
     ]
     widths = [max(_width(str(c)) for c in column) for column in zip(headers, *rows)]
