@@ -340,10 +340,10 @@ def test_blog_mode_cuts_the_dev_set_outside_its_subsets_and_check_says_what_it_o
                for w in manifest["warnings"])
     check = tlf("data", "check", out).stdout
     assert "leakage telecom_train_5000 -> telecom_dev_200: counted in rows of telecom_train_5000 (" in check
-    assert "against the 200 rows of telecom_dev_200: question+answer in telecom_dev_200: 200;" in check
+    assert "against the 200 rows of telecom_dev_200: question+answer is in telecom_dev_200: 200;" in check
     assert "200 of the 200 questions of telecom_dev_200 are seen in training" in check
     assert ("leakage telecom_train_400 -> telecom_dev_200: counted in rows of telecom_train_400 (400 rows) against the "
-            "200 rows of telecom_dev_200: question+answer in telecom_dev_200: 0; same question: 0;") in check
+            "200 rows of telecom_dev_200: question+answer is in telecom_dev_200: 0; same question: 0;") in check
 
 
 def test_a_small_file_gets_no_dev_set_by_default_and_a_refusal_when_asked(tmp_path):

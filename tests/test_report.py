@@ -529,3 +529,43 @@ def test_replicas_are_aggregated_per_configuration_and_compared_on_every_replica
     assert (root / "report" / "replicas.png").exists()
     page = written.html.read_text(encoding="utf-8")
     assert "By configuration (mean ± sd over seeds)" in page and "83.0 ± 4.2" in page
+
+
+@pytest.fixture
+def wide_study(tmp_path, telecom_dir):
+    """The blog's tune sweep as wide as it gets: six swept arguments, an A/B base and the baseline."""
+    root = tmp_path / "wide"
+    base = {"lora_rank": 8, "lora_alpha": 16, "lora_target": "all", "lora_dropout": 0.0, "use_rslora": False,
+            "use_dora": False}
+    runs = [{"name": "r8-a16-all", "point": base, "label": "A/B base"}]
+    for key, value in (("lora_rank", 256), ("lora_alpha", 512), ("lora_target", "q_proj,k_proj,v_proj,o_proj"),
+                       ("lora_dropout", 0.1), ("use_rslora", True), ("use_dora", True)):
+        runs.append({"name": f"{key}-{value}"[:40].replace(",", "_"), "point": {**base, key: value},
+                     "reference": "r8-a16-all", "varied": {key: value}})
+    runs.append({"name": "upstream-defaults", "point": base, "baseline": True, "label": "LLaMA-Factory defaults"})
+    make_experiment(root, runs, [{"kind": "vary", "arguments": [key]} for key in base])
+    for number, run in enumerate(runs):
+        make_run(root, telecom_dir, run["name"], right=number % 7, log=_log(range(5, 45, 5)))
+    return root
+
+
+@pytest.mark.parametrize("width", [1400, 900])
+def test_the_test_sets_accuracy_is_in_view_and_the_run_column_stays(wide_study, browser_page, tmp_path, width):
+    """At 1400 px the first accuracy column (the test set's) is visible without scrolling; at any
+    width, scrolling the table sideways keeps the run names in view (a sticky first column)."""
+    written = report.write_report(wide_study)
+    page = browser_page(written.html, width=width)
+    assert page.evaluate("document.body.dataset.ready") == "1"
+    header = report.metric_column("acc", SET)
+    right = page.evaluate(f"""(() => {{ const th = Array.from(document.querySelectorAll('#comparison th'))
+        .find(t => t.textContent === {json.dumps(header)}); return th.getBoundingClientRect().right; }})()""")
+    if width == 1400:
+        assert right <= page.evaluate("document.documentElement.clientWidth"), right
+    page.evaluate("document.querySelector('#comparison').parentElement.scrollLeft = 100000")
+    page.settle()
+    left = page.evaluate("""(() => { const box = document.querySelector('#comparison').parentElement
+        .getBoundingClientRect().left; const cell = document.querySelector('#comparison tbody td');
+        return cell.getBoundingClientRect().left - box; })()""")
+    assert -1 <= left <= 1, left                  # the run column did not scroll away
+    page.screenshot(tmp_path / f"wide-{width}.png", full_page=False)
+    assert page.errors == []

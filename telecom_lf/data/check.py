@@ -89,7 +89,7 @@ def _leakage(loaded: dict[str, list[dict]], test: str, trains: list[str]) -> lis
         if same_qa or same_q or same_norm:
             covered = len({q for q in test_q if q in {r["instruction"] for r in loaded[train]}})
             problems.append(f"leakage {train} -> {test}: counted in rows of {train} ({len(loaded[train])} rows) "
-                            f"against the {len(loaded[test])} rows of {test}: question+answer in {test}: "
+                            f"against the {len(loaded[test])} rows of {test}: question+answer is in {test}: "
                             f"{same_qa}; same question: {same_q}; same question after normalising (NFKC, case, "
                             f"spaces, punctuation): {same_norm}; {covered} of the {len(loaded[test])} questions "
                             f"of {test} are seen in training")
