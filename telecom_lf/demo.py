@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import data, processes, rundir, synth, tiny
+from . import data, paths, processes, rundir, synth, tiny
 from .errors import TlfError
 from .fsutil import atomic_write
 
@@ -62,8 +62,14 @@ def prepare_base_model(out: Path, echo, worker: processes.Worker) -> Path:
     if (base / rundir.MODEL_CONFIG).exists() and (base / rundir.TRAIN_RESULTS).exists():
         echo(f"base model: {base} (exists)")
         return base
-    random_init = tiny.cached(out / "models", BASE_SPEC)
-    work = out / "models" / "pretrain"
+    return build_base_model(base, out / "models", echo, worker)
+
+
+def build_base_model(base: Path, work_root: Path, echo, worker: processes.Worker) -> Path:
+    """The demo's base: a random tiny Gemma (cached under ``work_root``) pre-trained on the
+    catalogue and glossary (stage pt) into ``base``; ``tlf model demo-base`` and ``tlf demo``."""
+    random_init = tiny.cached(work_root, BASE_SPEC)
+    work = work_root / "pretrain"
     pretrain_corpus(work / "corpus.json")
     data.register(work / data.DATA_INFO, {"corpus": {"file_name": "corpus.json", "columns": {"prompt": "text"}}})
     config = {"model_name_or_path": str(random_init), "dataset": "corpus", "dataset_dir": str(work),
@@ -73,4 +79,5 @@ def prepare_base_model(out: Path, echo, worker: processes.Worker) -> Path:
     progress = processes.Progress(base / rundir.TRAINER_LOG, "pre-train")
     if not worker.run([(work / "pretrain.yaml", work / "pretrain.log")], progress):
         raise TlfError(f"pre-training the demo's base model failed; log: {work / 'pretrain.log'}")
+    atomic_write(base / paths.MARKER, paths.marker("model", [p.name for p in base.iterdir()]))
     return base

@@ -355,3 +355,19 @@ def test_a_small_file_gets_no_dev_set_by_default_and_a_refusal_when_asked(tmp_pa
                 check=False)
     assert asked.returncode == 2 and "subset telecom_dev_200: asks for 200 rows, only 100 left" in asked.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_resplitting_with_other_sizes_leaves_no_orphan_subsets_or_entries(tmp_path):
+    tlf("data", "synth", "--rows", 600, "--out", tmp_path / "raw.csv")
+    tlf("data", "import", tmp_path / "raw.csv", "--out", tmp_path / "data")
+    source, out = tmp_path / "data" / "telecom_all.json", tmp_path / "split"
+    tlf("data", "split", source, "--out", out, "--test-size", 50, "--train-sizes", "100,200")
+    info = out / "dataset_info.json"
+    before = info.read_bytes()
+    again = tlf("data", "split", source, "--out", out, "--test-size", 50, "--train-sizes", "100,300", check=False)
+    assert again.returncode == 2 and "telecom_train_200" in again.stderr and "--force" in again.stderr, again.stderr
+    assert info.read_bytes() == before and (out / "telecom_train_200.json").exists()
+    tlf("data", "split", source, "--out", out, "--test-size", 50, "--train-sizes", "100,300", "--force")
+    entries = json.loads(info.read_text(encoding="utf-8"))
+    assert "telecom_train_200" not in entries and not (out / "telecom_train_200.json").exists()
+    assert {"telecom_train_100", "telecom_train_300", "telecom_test_50"} <= set(entries)

@@ -52,14 +52,18 @@ def check_registration(info: Path, entries: dict[str, dict], force: bool) -> Non
                            f"(has {json.dumps(existing[name], ensure_ascii=False)}); pass --force to replace it")
 
 
-def merged_info(info: Path, entries: dict[str, dict], force: bool = False) -> bytes | None:
+def merged_info(info: Path, entries: dict[str, dict], force: bool = False,
+                dropped: dict[str, dict] | None = None) -> bytes | None:
     """``info`` with ``entries`` merged in, every other entry and the order kept; None when every
-    entry is there already. A different entry under the same name is refused unless ``force``."""
+    entry is there already. A different entry under the same name is refused unless ``force``.
+    ``dropped``: entries of an earlier split to take out, each only while it is still the entry
+    tlf wrote (one the user changed stays)."""
     existing = _load_info(info)
     check_registration(info, entries, force)
-    if all(existing.get(name) == entry for name, entry in entries.items()):
+    gone = {name for name, entry in (dropped or {}).items() if existing.get(name) == entry and name not in entries}
+    if all(existing.get(name) == entry for name, entry in entries.items()) and not gone:
         return None
-    merged = {**existing, **entries}
+    merged = {name: entry for name, entry in {**existing, **entries}.items() if name not in gone}
     return (json.dumps(merged, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 

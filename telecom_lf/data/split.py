@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import rundir
 from ..errors import TlfError
 from ..fsutil import sha256_bytes, sha256_file, write_all
 from .common import BLOG_INSTRUCTION, DATA_INFO, MANIFEST, check_name, refuse_inputs
@@ -263,15 +264,36 @@ def write_splits(out_dir: Path, files: dict[str, bytes], manifest: dict, force: 
     targets: dict[Path, bytes] = {out_dir / name: blob for name, blob in files.items()}
     info = register_into or out_dir / DATA_INFO
     refuse_inputs([*targets, out_dir / MANIFEST, info], inputs)
+    stale = _earlier_subsets(out_dir, manifest["splits"], force)
     for path, blob in targets.items():
         if path.exists() and not force and path.read_bytes() != blob:
             raise TlfError(f"{path} exists with different content; pass --force to overwrite")
     targets[out_dir / MANIFEST] = (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     entries = split_entries(manifest["splits"], out_dir, info)
-    merged_info(info, entries, force)          # a refusal here writes nothing
+    dropped = split_entries(stale, out_dir, info)
+    merged_info(info, entries, force, dropped)          # a refusal here writes nothing
     with _info_lock(info):
-        merged = merged_info(info, entries, force)
+        merged = merged_info(info, entries, force, dropped)
         write_all({**targets, **({info: merged} if merged is not None else {})}, follow_links=[info])
+        for split in stale.values():               # the earlier split's own files, now replaced
+            (out_dir / split["file"]).unlink(missing_ok=True)
+
+
+def _earlier_subsets(out_dir: Path, splits: dict, force: bool) -> dict:
+    """The subsets an earlier split into ``out_dir`` made that this one does not (other sizes):
+    left behind they would stay registered in dataset_info.json, orphans a spec could still
+    name. Replacing them needs ``force``."""
+    earlier = rundir.read_json(out_dir / MANIFEST)
+    old = earlier.get("splits") if isinstance(earlier, dict) and earlier.get("tool") == "tlf" else None
+    if not isinstance(old, dict):
+        return {}
+    stale = {name: split for name, split in old.items() if name not in splits and isinstance(split, dict)
+             and isinstance(split.get("file"), str) and "/" not in split["file"] and split["file"] == f"{name}.json"}
+    if stale and not force:
+        raise TlfError(f"{out_dir}: holds an earlier split whose subsets {', '.join(sorted(stale))} this split does "
+                       "not make; pass --force to replace that split (their files and dataset_info.json entries "
+                       "are removed), or split into another directory")
+    return stale
 
 
 
