@@ -161,7 +161,10 @@ def model() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="Replace an existing model directory.")
 def model_tiny(arch: str, out: Path, force: bool) -> None:
-    """Build a tiny random-weight causal LM with a locally trained tokenizer."""
+    """Build a tiny random-weight causal LM with a locally trained tokenizer.
+
+    Random: it knows nothing, so a LoRA on it scores 0 % whatever its settings (tests use it);
+    `tlf model demo-base` builds the demo's pre-trained one."""
     from . import tiny
 
     paths.claim_directory(out, "model", force, "--out")
