@@ -162,6 +162,7 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False,
             if where.run_dir(name).is_dir():
                 executor.reset_run(where.run_dir(name), wait)
     render_mod.write_files(files, force, changed)
+    say(f"experiment {spec.name}: {where.root} ({len(selected)} of {len(names)} run(s) here)")
     try:
         with contextlib.ExitStack() as stack:
             worker = worker or stack.enter_context(processes.Worker())
