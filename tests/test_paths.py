@@ -204,6 +204,7 @@ def test_markdown_cells_are_text_not_html_or_links():
     shown = markdown_text('<img src=x onerror=alert(1)> [a](javascript:b) ![t](http://track) a|b `c`')
     assert "<img" not in shown and "&lt;img" in shown
     assert "](" not in shown and "\\|" in shown and "\\`" in shown
+    assert markdown_text("r8\u202e 12.5") == "r8\\\\u202e 12.5"   # shown as \u202e: it cannot reverse the row
 
 
 def test_terminal_text_shows_control_and_bidi_characters_as_escapes():

@@ -9,7 +9,7 @@ import unicodedata
 
 import pandas as pd
 
-from .. import compare
+from .. import compare, guard
 from .study import (
     DELTA_METRICS,
     FIGURES,
@@ -142,9 +142,9 @@ MARKDOWN_ACTIVE = re.compile(r"(\\|`|\||(?<=\])\()")
 def markdown_text(value) -> str:
     """Text a Markdown viewer shows as text: HTML escaped (no live <img onerror>, no <autolink>), and
     what would start code, end a table cell or make ``[text](target)`` a link or an image that loads
-    backslash-escaped. Underscores and brackets stay as they are: names like telecom_test_100 read
-    plainly in the file itself."""
-    return MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(str(value), quote=False))
+    backslash-escaped; control and bidirectional-override characters shown as escapes. Underscores
+    and brackets stay as they are: names like telecom_test_100 read plainly in the file itself."""
+    return MARKDOWN_ACTIVE.sub(r"\\\1", html.escape(guard.printable(str(value)), quote=False))
 
 
 def _markdown(table: pd.DataFrame) -> str:
