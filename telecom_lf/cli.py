@@ -289,7 +289,8 @@ def status(spec_path: Path, out: Path, overrides) -> None:
 
     spec = load_spec(spec_path, overrides, require_model=False)
     names = [r.name for r in plan_mod.expand(spec)]
-    job_names = {n: slurm.job_name(spec, n) for n in names}
+    # A spec without a cluster has no jobs to ask Slurm about (a login node's Slurm being down is no problem of it).
+    job_names = {n: slurm.job_name(spec, n) for n in names} if spec.cluster.name else {}
     where = render_mod.layout(spec, out)
     say(f"experiment {spec.name}: {where.root}" + ("" if where.root.is_dir() else
                                                     f" (not rendered there: is --out {out} the runs root it was "

@@ -290,7 +290,8 @@ def status_lines(
         if (experiment.run_dir(name) / rundir.MANIFEST).exists():
             run = rundir.open_run(experiment.run_dir(name))
             records = rundir.step_records(run)
-            per_run[name] = (run, records, _run_jobs(submitted.get(name, {}), records, queued.get(job_names[name], [])))
+            per_run[name] = (run, records,
+                             _run_jobs(submitted.get(name, {}), records, queued.get(job_names.get(name), [])))
     report_job = last.get("report")
     ids = [j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or ""]
     states = {} if down else _guarded(lambda: job_states(ids), problems, {})

@@ -38,5 +38,5 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "mine" / "report" / "report.html").is_file()
     assert "2 run(s): 2 done" in done.stdout                      # tlf status: every run done (and exit 0)
     assert "Model:" in done.stdout                                 # chat answered the piped question
-    for run in ("r4", "r8"):
+    for run in ("r8", "r16"):
         assert (tmp_path / "runs" / "mine" / run / "selection.json").is_file()   # select: chose a checkpoint
