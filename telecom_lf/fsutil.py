@@ -88,18 +88,25 @@ def _make_dirs(directory: Path, created: list[Path]) -> None:
         created.append(path)
 
 
+TEMP_MARK = ".tlf-tmp-"
+# Ours: .<name>.tlf-tmp-<8 random>; before the mark (older releases): .<name>.<8 random>, matched per target.
+OURS = re.compile(r"\..+" + re.escape(TEMP_MARK) + r"[a-z0-9_]{8}")
+
+
 def _temp_prefix(target: Path) -> str:
-    return f".{target.name[:100]}."
+    return f".{target.name[:100]}{TEMP_MARK}"
 
 
 def remove_stale_temporaries(target: Path) -> None:
-    """Remove the temporary files a killed earlier write of ``target`` left beside it: named as
-    _stage names them, older than this process, and not locked (a live writer holds a lock on its
+    """Remove the temporary files killed earlier writes left in ``target``'s directory: tlf's
+    (named as _stage names them, for any file there; or, as older releases named them, for this
+    target), older than this process, and not locked (a live writer holds a lock on its
     temporary file until it is renamed)."""
-    pattern = re.compile(re.escape(_temp_prefix(target)) + r"[a-z0-9_]{8}")
+    legacy = re.compile(re.escape(f".{target.name[:100]}.") + r"[a-z0-9_]{8}")
     with contextlib.suppress(OSError):
         for entry in os.scandir(target.parent):
-            if not pattern.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            named = OURS.fullmatch(entry.name) or legacy.fullmatch(entry.name)
+            if not named or not entry.is_file(follow_symlinks=False):
                 continue
             with contextlib.suppress(OSError):
                 if entry.stat(follow_symlinks=False).st_mtime >= STARTED:

@@ -8,7 +8,6 @@ spreadsheet or a Markdown viewer is shown, never acted on."""
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -143,32 +142,29 @@ def test_an_input_at_the_limit_is_read_and_one_byte_more_is_refused(tmp_path, mo
 
 # ---------------------------------------------------------------- debris of a killed write
 
-def test_a_rerun_removes_stale_temporary_files_and_keeps_a_live_writers(tmp_path):
+def test_a_write_removes_stale_temporary_files_of_its_directory_and_keeps_a_live_writers(tmp_path):
     target = tmp_path / "train.yaml"
-    stale = tmp_path / ".train.yaml.abcd1234"
-    live = tmp_path / ".train.yaml.zzzz9999"
-    unrelated = tmp_path / ".train.yaml.notmine"
-    for path in (stale, live, unrelated):
+    stale = tmp_path / ".train.yaml.tlf-tmp-abcd1234"
+    other = tmp_path / ".predict.yaml.tlf-tmp-k1ll3d00"      # another file's, killed: any write here removes it
+    legacy = tmp_path / ".train.yaml.abcd1234"                # an older release's name, for this target
+    live = tmp_path / ".train.yaml.tlf-tmp-zzzz9999"
+    users = [tmp_path / ".bashrc.abcdefgh", tmp_path / ".notes.tlf-tmp-short"]   # not tlf's names
+    for path in (stale, other, legacy, live, *users):
         path.write_text("half")
         os.utime(path, (fsutil.STARTED - 3600, fsutil.STARTED - 3600))
-    held = os.open(live, os.O_RDONLY)
-    fcntl.flock(held, fcntl.LOCK_EX)          # a writer still at work holds its temporary file
+    # a writer still at work holds its temporary file locked: flock refuses only another process's lock
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(60)", str(live)], stdout=subprocess.PIPE, text=True)
     try:
-        # the lock must be another process's for flock to refuse: take it in a child
-        holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
-                                   "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
-                                   "time.sleep(60)", str(live)], stdout=subprocess.PIPE, text=True)
-        os.close(held)
-        held = -1
         assert holder.stdout.readline().strip() == "held"
         fsutil.atomic_write(target, "new\n")
         assert target.read_text() == "new\n"
-        assert not stale.exists() and live.exists() and unrelated.exists()
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".train.yaml.notmine", ".train.yaml.zzzz9999",
-                                                                      "train.yaml"])
+        assert not stale.exists() and not other.exists() and not legacy.exists()
+        assert live.exists() and all(path.exists() for path in users)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [live.name, "train.yaml", *(path.name for path in users)])   # and no temporary file of its own
     finally:
-        if held >= 0:
-            os.close(held)
         holder.kill()
         holder.wait()
 
@@ -178,7 +174,7 @@ def test_a_killed_render_leaves_debris_that_the_next_render_removes(tiny_gemma, 
     spec.write_text(spec_text({"model": str(tiny_gemma), "data": {"dir": str(telecom_dir)}}))
     assert CliRunner().invoke(main, ["render", str(spec), "--out", str(tmp_path / "runs")]).exit_code == 0
     run = tmp_path / "runs" / "h" / "h"
-    debris = run / ".train.yaml.k1ll3d00"          # what SIGKILL between mkstemp and rename leaves
+    debris = run / ".train.yaml.tlf-tmp-k1ll3d00"  # what SIGKILL between mkstemp and rename leaves
     debris.write_text("half a config")
     os.utime(debris, (fsutil.STARTED - 60, fsutil.STARTED - 60))   # left by a process before this one
     (run / "train.yaml").write_text((run / "train.yaml").read_text() + "# edited\n")
