@@ -91,7 +91,7 @@ def _tested_cells(record: RunRecord, metric: str, dataset: str) -> dict:
         return {interval_column(metric, dataset): None, p_column(metric, dataset): None}
     low, high = tested["diff_ci"]
     return {interval_column(metric, dataset): f"[{low:+.1f}, {high:+.1f}]",
-            p_column(metric, dataset): round(tested["p_holm"], 4)}
+            p_column(metric, dataset): float(f"{tested['p_holm']:.3g}")}   # 3 digits: 2.84e-10, not 0
 
 
 def delta_text(record: RunRecord, metric: str, dataset: str) -> str:
