@@ -114,7 +114,7 @@ class Recorder:
                 rundir.record_step(self.run, link, "done", self.logs[link])
             elif failed is None:
                 failed = link
-                cause = cause or failure_cause(self.logs[link]) or fallback
+                cause = cause or _with_model(failure_cause(self.logs[link]), self.run) or fallback
                 rundir.record_step(self.run, link, "failed", self.logs[link], cause)
             else:
                 rundir.record_step(self.run, link, "failed", self.logs[link], f"not run: {failed} failed before it")
@@ -124,6 +124,13 @@ class Recorder:
 
 
 # ---------------------------------------------------------------- steps
+
+
+def _with_model(cause: str | None, run: Run) -> str | None:
+    """LLaMA-Factory's "Failed to load tokenizer." names no path: a load failure says which model."""
+    if cause and any(word in cause.lower() for word in ("load tokenizer", "load model", "can't load", "cannot load")):
+        return f"{cause} (model {run.model_path})"
+    return cause
 
 
 def _model_problem(run: Run) -> str | None:

@@ -67,3 +67,15 @@ def test_the_cause_of_a_failure_is_the_workers_exception_not_the_launchers(tmp_p
     assert failure_cause(log).startswith("OSError: /m does not")
     log.write_text("all fine\n")
     assert failure_cause(log) is None
+
+
+def test_a_load_failure_names_the_model_it_could_not_load():
+    from types import SimpleNamespace
+
+    from telecom_lf.executor import _with_model
+
+    run = SimpleNamespace(model_path="/models/gemma-2b")
+    assert _with_model("OSError: Failed to load tokenizer.", run) == \
+        "OSError: Failed to load tokenizer. (model /models/gemma-2b)"
+    assert _with_model("RuntimeError: CUDA out of memory", run) == "RuntimeError: CUDA out of memory"
+    assert _with_model(None, run) is None
