@@ -245,12 +245,12 @@ def load_request(path: Path) -> tuple[list[Run], list[Question]]:
     """A probe prepared earlier (``--request``): its runs and questions."""
     from .rundir import open_run
 
-    request = rundir.read_json(path)
     try:
+        request = json.loads(inputs.read_input(path, "request"))
         runs = [open_run(Path(p)) for p in request["runs"]]
         asked = [Question(str(q["prompt"]), str(q["shown"]), q["expected"]) for q in request["questions"]]
-    except (TypeError, KeyError) as error:
-        raise TlfError(f"{path}: not a probe request written by tlf probe ({error})") from None
+    except (TypeError, KeyError, ValueError, RecursionError) as error:
+        raise TlfError(f"{path}: not a probe request written by tlf probe ({inputs.quote(str(error))})") from None
     if not runs or not asked:
         raise TlfError(f"{path}: a probe request needs runs and questions")
     return runs, asked

@@ -803,6 +803,12 @@ INPUT_CASES = [
                                       "runs": lambda ws, _: _render(ws / "s.yaml", ws / "runs")}),
 ]
 
+INPUT_CASES += [
+    Case("probe-request-fifo", ["probe", "--request", "{ws}/r.json"], ["r.json: is a FIFO"], files={"r.json": _fifo("r.json")}),
+    Case("probe-request-not-json", ["probe", "--request", "{ws}/r.json"], ["not a probe request written by tlf probe"],
+         files={"r.json": "{" * 5000}),
+]
+
 VARIABLE_CASES = [
     slurm_case(f"env-reserved-{key.lower()}", {"env": {key: "x"}}, f"slurm.env: {key} is set by tlf, Slurm or bash")
     for key in ("RUN_DIR", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "TLF_PYTHON", "TLF_ANYTHING", "SHELLOPTS",
