@@ -184,10 +184,12 @@ def model_demo_base(out: Path, force: bool) -> None:
     import tempfile
 
     from . import demo, processes
+    from .fsutil import remove_stale_directories
 
     out = out.absolute()
     paths.claim_directory(out, "model", force, "--out")
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_directories(out.parent, f".{out.name}.tlf-")   # a killed earlier build's
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tlf-", dir=out.parent))
     try:
         with processes.Worker() as worker:

@@ -38,9 +38,9 @@ def default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def atomic_write(path: Path, payload: bytes | str, follow_link: bool = False) -> None:
+def atomic_write(path: Path, payload: bytes | str) -> None:
     """Write to a temporary file beside ``path`` then rename: readers never see half a file. See write_all."""
-    write_all({Path(path): payload}, follow_links=[Path(path)] if follow_link else ())
+    write_all({Path(path): payload})
 
 
 def write_all(files: dict[Path, bytes | str], follow_links=()) -> None:
@@ -55,6 +55,7 @@ def write_all(files: dict[Path, bytes | str], follow_links=()) -> None:
     ``follow_links``, files of the user's that tlf updates (a shared dataset_info.json)."""
     follow = {Path(p) for p in follow_links}
     created: list[Path] = []
+    targets: dict[Path, bytes] = {}
     staged: list[tuple[str, Path]] = []
     held: list[int] = []
     try:
@@ -62,7 +63,10 @@ def write_all(files: dict[Path, bytes | str], follow_links=()) -> None:
             path = Path(path)
             target = Path(os.path.realpath(path)) if path in follow and path.is_symlink() else path
             _make_dirs(target.parent, created)
-            blob = payload.encode("utf-8") if isinstance(payload, str) else payload
+            targets[target] = payload.encode("utf-8") if isinstance(payload, str) else payload
+        for directory in dict.fromkeys(target.parent for target in targets):   # once per directory
+            remove_stale_temporaries(directory, [t.name for t in targets if t.parent == directory])
+        for target, blob in targets.items():
             staged.append(_stage(target, blob, held))
         for tmp, target in staged:
             os.replace(tmp, target)
@@ -97,15 +101,15 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name[:100]}{TEMP_MARK}"
 
 
-def remove_stale_temporaries(target: Path) -> None:
-    """Remove the temporary files killed earlier writes left in ``target``'s directory: tlf's
-    (named as _stage names them, for any file there; or, as older releases named them, for this
-    target), older than this process, and not locked (a live writer holds a lock on its
-    temporary file until it is renamed)."""
-    legacy = re.compile(re.escape(f".{target.name[:100]}.") + r"[a-z0-9_]{8}")
+def remove_stale_temporaries(directory: Path, names: list[str]) -> None:
+    """Remove the temporary files killed earlier writes left in ``directory``: tlf's (named as
+    _stage names them, for any file there; or, as older releases named them, for the files
+    ``names`` being written now), older than this process, and not locked (a live writer holds a
+    lock on its temporary file until it is renamed)."""
+    legacy = re.compile("|".join(re.escape(f".{name[:100]}.") for name in names) + r"[a-z0-9_]{8}") if names else None
     with contextlib.suppress(OSError):
-        for entry in os.scandir(target.parent):
-            named = OURS.fullmatch(entry.name) or legacy.fullmatch(entry.name)
+        for entry in os.scandir(directory):
+            named = OURS.fullmatch(entry.name) or (legacy and legacy.fullmatch(entry.name))
             if not named or not entry.is_file(follow_symlinks=False):
                 continue
             with contextlib.suppress(OSError):
@@ -139,7 +143,6 @@ def _stage(target: Path, blob: bytes, held: list[int]) -> tuple[str, Path]:
             mode, owner = default_mode(), None
     except OSError:
         mode, owner = default_mode(), None
-    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), dir=target.parent)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

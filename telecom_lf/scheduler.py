@@ -157,9 +157,9 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
             if state:
                 states.setdefault(job, state.split()[0])
     for job in [j for j in ids if j not in states]:
-        for token in _slurm(["scontrol", "show", "job", job]).stdout.split():
-            if token.startswith("JobState="):
-                states[job] = token.split("=", 1)[1]
+        state = _fields(_slurm(["scontrol", "-o", "show", "job", job]).stdout).get("JobState")
+        if state:
+            states[job] = state
     return states
 
 
@@ -308,12 +308,17 @@ ENDED_BADLY = {"CANCELLED": "cancelled", "TIMEOUT": "timed-out", "DEADLINE": "ti
 NOT_FINISHED_BADLY = ("failed", "cancelled", "timed-out", "preempted", "interrupted")
 
 
+def _state(states: dict[str, str], job: str) -> str:
+    """A job's state word as Slurm's tools print it, without "by 0" or sacct's "+" suffix; "?" when unknown."""
+    return (states.get(job) or "?").split()[0].rstrip("+")
+
+
 def run_word(word: str, jobs: dict[str, str], states: dict[str, str]) -> str:
     """The run's state from its own records (rundir.state) corrected by what Slurm says of its jobs:
     a run whose record still says "training" after its job was cancelled is cancelled, not training."""
     if word == "done":
         return word
-    current = [states.get(job, "?").split()[0].rstrip("+") for job in jobs.values()]
+    current = [_state(states, job) for job in jobs.values()]
     if any(state in ACTIVE for state in current):
         if any(state in ("REQUEUED", "REQUEUE_HOLD") for state in current):
             return "requeued"
@@ -335,7 +340,7 @@ def _run_line(name: str, found, states: dict[str, str]) -> tuple[str, str]:
     for link, record in failed.items():
         lines += [f"    {link} failed: {record.get('cause')}", f"    log: {record.get('log')}"]
     for link, job in jobs.items():
-        state = states.get(job, "?").split()[0].rstrip("+")
+        state = _state(states, job)
         if state in ENDED_BADLY and not failed:
             err = job_stderr(job, [run.path / rundir.LOGS, run.path.parent / rundir.LOGS])
             lines.append(f"    job {job} ({link}) ended {state} before its step recorded a failure; its stderr: "

@@ -46,7 +46,7 @@ def comparison_table(study: Study) -> pd.DataFrame:
         first, others = study.sets[:1], study.sets[1:]
         for dataset in first:
             row.update(_metric_cells(record, reference, dataset, compared))
-        row.update({argument: _cell(record.point.get(argument)) for argument in swept_arguments(study)})
+        row.update(dict.fromkeys(swept_arguments(study)))   # their place; the values are set below, as objects
         if compared:
             row["compared with"] = record.reference or ""
         for dataset in others:
