@@ -6,6 +6,7 @@ score, then the experiment's report); the steps themselves run in ``executor``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -184,10 +185,12 @@ def active_jobs(experiment: Experiment, job_names: list[str]) -> list[str]:
     return sorted(j for j, state in states.items() if state.split()[0] in ACTIVE)
 
 
-def queued_by_name(names: list[str], finished: bool = False) -> dict[str, list[tuple[str, str]]]:
+def queued_by_name(names: list[str], finished_under: Path | None = None) -> dict[str, list[tuple[str, str]]]:
     """Jobs in the queue by job name (job id, state), also those submitted by plain ``sbatch``;
-    with ``finished``, also those the controller still remembers after they ended (MinJobAge, 5
-    minutes by default): a plain sbatch that failed before its step wrote anything."""
+    with ``finished_under``, also those the controller still remembers after they ended (MinJobAge,
+    5 minutes by default) whose script lies under that experiment directory: a plain sbatch that
+    failed before its step wrote anything (an ended job of another experiment with the same name,
+    rendered into another --out, is not this run's)."""
     if not names or not shutil.which("squeue"):
         return {}
     done = _slurm(["squeue", "-h", "-r", "-o", "%i|%j|%T", f"--name={','.join(names)}"])
@@ -195,11 +198,13 @@ def queued_by_name(names: list[str], finished: bool = False) -> dict[str, list[t
     for line in done.stdout.splitlines():
         job, name, state = (line.split("|") + ["", ""])[:3]
         queued.setdefault(name, []).append((job, state))
-    if finished and shutil.which("scontrol"):
-        wanted = set(names)
+    if finished_under is not None and shutil.which("scontrol"):
+        wanted, inside = set(names), os.path.realpath(finished_under) + os.sep
         for fields in map(_fields, _slurm(["scontrol", "-o", "show", "jobs"]).stdout.splitlines()):
             job = _job_id(fields)
-            if fields.get("JobName") in wanted and job not in {j for j, _ in queued.get(fields["JobName"], [])}:
+            script = os.path.realpath(os.path.join(fields.get("WorkDir", ""), fields.get("Command", "")))
+            if (fields.get("JobName") in wanted and script.startswith(inside)
+                    and job not in {j for j, _ in queued.get(fields["JobName"], [])}):
                 queued.setdefault(fields["JobName"], []).append((job, fields.get("JobState", "?")))
     return queued
 
@@ -283,7 +288,7 @@ def status_lines(
     down = controller_problem() if job_names else None
     if down:
         problems.append(down)
-    queued = {} if down else _guarded(lambda: queued_by_name(list(job_names.values()), finished=True), problems, {})
+    queued = {} if down else _guarded(lambda: queued_by_name(list(job_names.values()), experiment.root), problems, {})
     submitted = last.get("runs", {})
     per_run = {}
     for name in run_names:
