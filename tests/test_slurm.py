@@ -216,10 +216,13 @@ def test_status_shows_jobs_of_plain_sbatch_and_a_vanished_model_as_the_cause(tin
     run_dir = out / "byhand" / "byhand"
     assert f"sbatch {run_dir / 'job.sbatch'}" in rendered and "tlf submit" in rendered
     shutil.rmtree(model)  # vanished between rendering and the job's start
-    job = subprocess.run(["sbatch", "--parsable", str(run_dir / "job.sbatch")], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    # Held, so that status is asked while the job surely waits: a job whose model is gone fails in
+    # under a second, and a status asked after sbatch could otherwise see it already ended.
+    job = subprocess.run(["sbatch", "--hold", "--parsable", str(run_dir / "job.sbatch")], capture_output=True,
+                         text=True, check=True).stdout.strip()
     queued = tlf("status", spec, "--out", out, check=False)
     assert job in queued.stdout and queued.returncode == 3, queued   # known by its job name before it ever ran
+    subprocess.run(["scontrol", "release", job], check=True)
     assert wait_final([job], timeout=300)[job] == "FAILED"
     failed = tlf("status", spec, "--out", out, check=False)
     shown = failed.stdout
