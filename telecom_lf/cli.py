@@ -165,7 +165,7 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False,
     say(f"experiment {spec.name}: {where.root} ({len(selected)} of {len(names)} run(s) here)")
     try:
         with contextlib.ExitStack() as stack:
-            worker = worker or stack.enter_context(processes.Worker())
+            worker = worker or stack.enter_context(processes.Worker(spec.speed.predict_mode == "shared"))
             result = scheduler.run_local(where, selected, say, lambda m: say(m, err=True), wait, worker)
     except KeyboardInterrupt:
         say("\ninterrupted: finished steps are kept; run the same command to go on", err=True)
@@ -200,9 +200,10 @@ def demo(out: Path, force: bool) -> None:
     from . import processes
 
     data_dir = demo_mod.prepare_data(out, say)
-    with processes.Worker() as worker:     # one LLaMA-Factory process: the pre-training and every run
-        base = demo_mod.prepare_base_model(out, say, worker)
-        spec = load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
+    base = demo_mod.prepare_base_model(out, say)
+    spec = load_spec(demo_mod.demo_spec_path(), [f"model={base}", f"data.dir={data_dir}"])
+    # One LLaMA-Factory process for every run's train and predicts.
+    with processes.Worker(spec.speed.predict_mode == "shared") as worker:
         _run_spec(spec, out / "runs", (), force, worker=worker)
     say(f"\ndemo finished in {time.monotonic() - started:.0f} s")
 

@@ -174,29 +174,26 @@ def model_tiny(arch: str, out: Path, force: bool) -> None:
 
 @model.command("demo-base")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--pretrain", is_flag=True,
+              help="Pre-train it here (~40 s) instead of copying the shipped one; the weights then depend "
+                   "on this machine's CPU and thread count.")
 @click.option("--force", is_flag=True, help="Replace a model directory tlf wrote.")
-def model_demo_base(out: Path, force: bool) -> None:
-    """The demo's base model: a tiny Gemma pre-trained on the synthetic catalogue (~1 min on a CPU).
+def model_demo_base(out: Path, pretrain: bool, force: bool) -> None:
+    """The demo's base model: a tiny Gemma pre-trained on the synthetic catalogue.
 
     A random tiny model scores 0 % whatever LoRA does; this one has learnt the products the
-    synthetic questions are about, standing in for what gemma-2b knows."""
-    import shutil
-    import tempfile
-
+    synthetic questions are about, standing in for what gemma-2b knows. By default a copy of the
+    one shipped in experiments/demo-base (checked against its sha256), so that results do not
+    change with the machine; --pretrain builds it here with the recipe recorded in its
+    tlf_demo_base.json."""
     from . import demo, processes
-    from .fsutil import remove_stale_directories
 
-    out = out.absolute()
     paths.claim_directory(out, "model", force, "--out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_directories(out.parent, f".{out.name}.tlf-")   # a killed earlier build's
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tlf-", dir=out.parent))
-    try:
-        with processes.Worker() as worker:
-            demo.build_base_model(work / "base", work, say, worker)
-        if out.exists():
-            shutil.rmtree(out)
-        (work / "base").rename(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"wrote the demo's pre-trained base model to {out}")
+    with paths.staged_directory(out, "model") as staged:
+        if pretrain:
+            with processes.Worker() as worker:
+                built = demo.pretrain_base_model(staged, say, worker)
+        else:
+            built = demo.copy_shipped_base(staged)
+    how = "pre-trained here" if pretrain else f"a copy of {demo.shipped_base()}, built on {built['date'][:10]}"
+    say(f"wrote the demo's pre-trained base model to {out} ({how}; final pre-training loss {built['final_loss']:.3f})")

@@ -10,13 +10,18 @@ working directory, the home directory or ``/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import rundir
 from .errors import TlfError
+from .fsutil import default_mode, remove_stale_directories
 from .inputs import kind_of, read_input
 
 MARKER = ".tlf-owned"
@@ -113,3 +118,29 @@ def claim_directory(directory: Path, kind: str, force: bool, option: str, inputs
         what = f"{article} {found} directory" if found else f"a directory tlf did not write (no {MARKER} file)"
         raise TlfError(f"{where}: is {what}; --force replaces only a {kind} directory tlf wrote, so nothing was "
                        "touched; remove it yourself or give another directory")
+
+
+@contextlib.contextmanager
+def staged_directory(out: Path, kind: str) -> Iterator[Path]:
+    """Build a whole ``kind`` directory beside ``out`` and put it in place only when the build
+    finished: yields an empty directory to fill (its parent is scratch space, removed after). On
+    success the files are marked as tlf's, made readable as a plain ``open()`` would (not
+    safetensors' 0600: a model is read by others on a shared tree) and replace ``out`` whole; on
+    failure ``out`` is untouched. A killed earlier build's staging directory is removed first.
+    The caller has claimed ``out`` (claim_directory)."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_directories(out.parent, f".{out.name}.tlf-")
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tlf-", dir=out.parent))
+    staged = work / "out"
+    staged.mkdir()
+    try:
+        yield staged
+        (staged / MARKER).write_bytes(marker(kind, [p.name for p in staged.iterdir()]))
+        for path in [staged, *staged.rglob("*")]:
+            path.chmod(default_mode(directory=path.is_dir()))
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

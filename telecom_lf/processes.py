@@ -123,9 +123,11 @@ def run_child(command: list[str], log_file: Path, progress: Progress | None = No
     return child.returncode
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(share_base: bool = False) -> dict[str, str]:
     # RECORD_VRAM: LLaMA-Factory logs peak memory into trainer_log.jsonl only when asked.
-    return {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1")}
+    env = {**os.environ, "RECORD_VRAM": os.environ.get("RECORD_VRAM", "1")}
+    env.pop(rundir.SHARE_BASE_ENV, None)
+    return {**env, rundir.SHARE_BASE_ENV: "1"} if share_base else env
 
 
 class Worker:
@@ -133,11 +135,13 @@ class Worker:
     another, so ``tlf run`` (and ``tlf demo``) import Python, torch and LLaMA-Factory once (~10 s
     a process on a CPU) instead of once per run. Ctrl-C, SIGTERM or a failed request end it; the
     next request starts a fresh one. Its owner holds it as a context manager
-    (``with Worker() as worker:``), which ends the process on the way out."""
+    (``with Worker() as worker:``), which ends the process on the way out. ``share_base``: its
+    predicts read a base model from disk once and work on in-memory copies (predict_mode: shared)."""
 
-    def __init__(self) -> None:
+    def __init__(self, share_base: bool = False) -> None:
         self.child: subprocess.Popen | None = None
         self.replies = None
+        self.share_base = share_base
 
     def __enter__(self) -> Worker:
         return self
@@ -178,8 +182,8 @@ class Worker:
         with open(first_log, "ab") as log:
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "telecom_lf.lf_entry", "serve", str(write_end)], stdin=subprocess.PIPE,
-                stdout=log, stderr=subprocess.STDOUT, env=_child_env(), pass_fds=(write_end,), start_new_session=True,
-                preexec_fn=_default_stop_signals)
+                stdout=log, stderr=subprocess.STDOUT, env=_child_env(self.share_base), pass_fds=(write_end,),
+                start_new_session=True, preexec_fn=_default_stop_signals)
         os.close(write_end)
         self.replies = os.fdopen(read_end, "r")
 

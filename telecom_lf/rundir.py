@@ -294,6 +294,8 @@ def check_rendered(run: Run) -> None:
 
 
 HEADER_PREFIX = "tlf-lf: "
+# In the environment of a tlf-lf process: 1 makes its predicts share one in-memory base (basecache.py).
+SHARE_BASE_ENV = "TLF_SHARE_BASE"
 
 
 def header_line(key: str, value: str, why: str) -> str:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import paths, synth
 from .data import BLOG_INSTRUCTION
-from .fsutil import default_mode, remove_stale_directories
 
 ARCHITECTURES = ("gemma", "llama")
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -112,21 +109,10 @@ def build(out_dir: Path, spec: TinySpec = TinySpec()) -> Path:
     tokenizer = _train_tokenizer(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(_model_config(spec, tokenizer))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_directories(out_dir.parent, ".tiny-")
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "tlf_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        (staging / paths.MARKER).write_bytes(paths.marker("model", [p.name for p in staging.iterdir()]))
-        for path in [staging, *staging.rglob("*")]:   # read by others on a shared tree, as export's: not 0700/0600
-            path.chmod(default_mode(directory=path.is_dir()))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with paths.staged_directory(out_dir, "model") as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        (staged / "tlf_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
     return out_dir
 
 

@@ -97,3 +97,16 @@ def test_dora_layer_benchmark_small(tmp_path):
         assert results[f"off, dropout {dropout}"]["events_added"] == 0
         assert results[f"tlf, dropout {dropout}"]["events_added"] < results[f"peft, dropout {dropout}"]["events_added"]
     assert "events DoRA adds per call: PEFT" in done.stdout
+
+
+def test_sweep_predict_benchmark_small(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sweep_predict_bench.py"), "--runs", "2",
+                           "--rows", "4", "--work", str(tmp_path / "work"), "--json", str(tmp_path / "s.json")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["predicts"] == 4 and result["identical_outputs"] is True
+    reads = {name: r["base_reads"] for name, r in result["results"].items()}
+    assert reads == {"one process per predict": 4, "one process, base read per predict": 4,
+                     "one process, base read once (shared)": 1}, reads
+    assert result["results"]["one process per predict"]["processes"] == 4

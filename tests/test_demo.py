@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import run_while_progressing, tlf_bin
 
-from telecom_lf import compare, score
+from telecom_lf import compare, demo, score
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +39,15 @@ def test_demo_learns_what_the_blog_found_and_a_second_run_prints_the_same_table(
         assert tested["diff"] > 0 and compare.distinguishable(tested["p_value"]), tested
     assert "Best run on telecom_test_100 by exact match: r16-a32-qkvo-d0 (blog best)" in first.stdout
     assert "best possible acc on telecom_train_100 and telecom_test_100: 100 %" in first.stdout
-    # The pre-training and every run's train and predicts ran in one LLaMA-Factory process (the
-    # worker), each step into its own log.
+    # The base is the shipped one, the same weights on every machine (the story held across
+    # thread counts only on one base: see the README).
+    assert "the same weights on every machine" in first.stdout
+    assert (out / "models" / "base" / "model.safetensors").read_bytes() == \
+        (demo.shipped_base() / "model.safetensors").read_bytes()
+    # Every run's train and predicts ran in one LLaMA-Factory process (the worker), each step
+    # into its own log.
     processes = set()
-    logs = [out / "models" / "pretrain" / "pretrain.log"]
+    logs = []
     for run in ("r8-a16-qkv-d0.1", "r16-a32-qkvo-d0", "upstream-defaults"):
         logs += [out / "runs" / "demo" / run / "logs" / f"{step}.log"
                  for step in ("train", "predict-telecom_train_100", "predict-telecom_test_100")]

@@ -18,7 +18,7 @@ LAYERS = [
     {"fsutil", "guard", "inputs"},
     {"records"},
     {"rundir"},
-    {"compat", "synth", "dora", "lock", "processes", "paths"},
+    {"compat", "synth", "dora", "basecache", "lock", "processes", "paths"},
     {"lfargs"},
     {"cluster", "data", "score", "use"},
     {"tiny", "selection", "compare"},

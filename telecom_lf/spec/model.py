@@ -58,10 +58,11 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Speed:
-    """speed:, micro_batch:, dora_kernel:."""
+    """speed:, micro_batch:, dora_kernel:, predict_mode:."""
     mode: str = default(SpeedKeys, "speed")
     micro_batch: int | None = None   # `speed: fast` only: rows per forward (default: the whole effective batch)
     dora_kernel: str = "peft"        # fast: tlf's DoRA forward in every LLaMA-Factory process of the run
+    predict_mode: str = default(SpeedKeys, "predict_mode")   # shared: one base load per process (basecache.py)
 
 
 @dataclass(frozen=True)

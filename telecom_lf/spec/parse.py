@@ -23,6 +23,7 @@ from .schema import (
     HUB_ID_RE,
     MAX_SEEDS,
     NAME_RE,
+    PREDICT_MODES,
     PROMPT_MODES,
     RESERVED,
     SELECT_KEYS,
@@ -468,8 +469,12 @@ def _parse_speed(raw: dict, check: _Checker) -> Speed:
     dora_kernel = raw.get("dora_kernel")
     if dora_kernel is not None and dora_kernel not in DORA_KERNELS:
         check.fail(("dora_kernel",), f"expected one of {list(DORA_KERNELS)}, got {dora_kernel!r}")
+    predict_mode = raw.get("predict_mode", default(SpeedKeys, "predict_mode"))
+    if predict_mode not in PREDICT_MODES:
+        check.fail(("predict_mode",), f"expected one of {list(PREDICT_MODES)}, got {predict_mode!r}")
     return Speed(
-        mode=speed, micro_batch=micro_batch, dora_kernel=dora_kernel or ("fast" if speed == "fast" else "peft")
+        mode=speed, micro_batch=micro_batch, dora_kernel=dora_kernel or ("fast" if speed == "fast" else "peft"),
+        predict_mode=predict_mode,
     )
 
 

@@ -11,6 +11,7 @@ from ..cluster import Profile
 
 SPEEDS = ("as-written", "fast")
 DORA_KERNELS = ("fast", "peft")
+PREDICT_MODES = ("shared", "per-run")
 PROMPT_MODES = ("blog", "upstream")
 DECODING = ("greedy", "sampled")
 # Keys tlf writes itself: setting them in a spec would silently fight the plan.
@@ -106,6 +107,9 @@ class SpeedKeys:
     micro_batch: int | None = _key(None, "speed: fast only: rows per forward (default: the whole effective batch)")
     dora_kernel: str | None = _key(None, "fast: tlf's DoRA forward (same maths, factored norm computed once per "
                                          "optimiser step); peft: PEFT's own. Default: fast under speed: fast")
+    predict_mode: str = _key("shared", "shared: in one LLaMA-Factory process (tlf run, tlf demo) the base model is "
+                                       "read from disk once and every predict works on an in-memory copy (the "
+                                       "same bytes, the same predictions); per-run: each predict reads it")
 
 
 @dataclass(frozen=True)
