@@ -235,32 +235,45 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
             raise TlfError(f"unknown step {' '.join(what)!r} for run {run.name}; expected: all | "
                            + " | ".join(" ".join(link.args) for link in run.chain()))
     rundir.check_rendered(run)
-    fused = _fusable(run, links, launch)
-    if fused:
-        with contextlib.ExitStack() as held:
-            for link in fused:
-                held.enter_context(lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait,
-                                             step=link.name))
-            for link, message in run_fused(run, fused, launch.worker):
-                echo(f"{run.name}: {' '.join(link.args)}: {message}")
-        links = links[len(fused):]
-    for link in links:
+    for group in _groups(run, links, launch):
+        if len(group) > 1:
+            with contextlib.ExitStack() as held:
+                for link in group:
+                    held.enter_context(lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait,
+                                                 step=link.name))
+                for link, message in run_fused(run, group, launch.worker):
+                    echo(f"{run.name}: {' '.join(link.args)}: {message}")
+            continue
+        link = group[0]
         with lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait, step=link.name):
             echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch, echo)}")
 
 
-def _fusable(run: Run, links: list[rundir.Link], launch: Launch) -> list[rundir.Link]:
-    """The links the caller's worker runs in one LLaMA-Factory process: the chain's train and
-    predicts, when the launch fuses (a worker given, at most one device, no srun) and more than
-    one is to do. A chain with checkpoint selection, or any single step, runs link by link."""
-    if run.select is not None or not launch.fuses:
-        return []
-    lf_links = [link for link in links if link.name == "train" or link.name.startswith("predict-")]
-    if lf_links != links[:len(lf_links)]:
-        return []
-    if sum(not rundir.link_done(run, link.name) for link in lf_links) < 2 or not one_device_at_most():
-        return []
-    return lf_links
+def _groups(run: Run, links: list[rundir.Link], launch: Launch) -> list[list[rundir.Link]]:
+    """The links in order, consecutive train and predict links grouped: a group of two or more
+    still to do runs in one request to the caller's worker (one LLaMA-Factory process, the base
+    read once for its predicts), when the launch fuses (a worker given, at most one device, no
+    srun). Selection sits between a run's train and its predicts, so there the predicts fuse;
+    every other link runs alone."""
+    groups: list[list[rundir.Link]] = []
+    fuses = launch.fuses and one_device_at_most()
+    for link in links:
+        if fuses and _in_lf(link) and groups and _in_lf(groups[-1][-1]):
+            groups[-1].append(link)
+        else:
+            groups.append([link])
+    return [part for group in groups for part in _split_unless_fusable(run, group)]
+
+
+def _in_lf(link: rundir.Link) -> bool:
+    """Whether the link is a LLaMA-Factory train or predict (what a worker runs)."""
+    return link.name == "train" or link.name.startswith("predict-")
+
+
+def _split_unless_fusable(run: Run, group: list[rundir.Link]) -> list[list[rundir.Link]]:
+    if len(group) > 1 and sum(not rundir.link_done(run, link.name) for link in group) >= 2:
+        return [group]
+    return [[link] for link in group]
 
 
 def run_fused(run: Run, links: list[rundir.Link], worker) -> list[tuple[rundir.Link, str]]:
@@ -330,11 +343,17 @@ def _predict_checkpoints(run: Run, todo: list[tuple[int, Path]], launch: Launch)
     for step, path in todo:
         command += [str(path), str(selection.output_dir(run, step))]
     with recorder.interruptible():
-        rc = run_child(command, recorder.logs["select"], echo=not launch.quiet, env=one_card())
+        rc = run_child(command, recorder.logs["select"], echo=not launch.quiet, env={**one_card(), **_share(launch)})
     missing = [step for step, _path in todo if not selection.predicted(run, step)]
     if rc != 0 or missing:
         recorder.fail("select", failure_cause(recorder.logs["select"])
                       or f"exit code {rc}; checkpoints without predictions: {missing}")
+
+
+def _share(launch: Launch) -> dict[str, str]:
+    """The environment that makes the select process read the base once over its checkpoints:
+    under tlf run when the spec's predicts share (predict_mode: shared)."""
+    return {rundir.SHARE_BASE_ENV: "1"} if launch.worker is not None and launch.worker.share_base else {}
 
 
 def run_link(run: Run, args: tuple[str, ...], launch: Launch, echo=print) -> str:

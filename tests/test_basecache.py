@@ -6,6 +6,7 @@ its text), on a sweep of LoRA, rsLoRA, DoRA and a full fine-tune."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -75,3 +76,30 @@ def test_predict_mode_is_checked_and_off_leaves_the_loader_alone(tiny_gemma, tel
     config.write_text("do_train: true\nadapter_name_or_path: /a\n")       # training never shares
     basecache.install_for(str(config))
     assert loader.AutoModelForCausalLM is original
+
+
+@pytest.mark.integration
+def test_with_checkpoint_selection_the_predicts_after_it_share_one_process_and_one_base(tiny_gemma, telecom_dir,
+                                                                                       tmp_path):
+    """Selection runs in its own process between a run's train and its predicts; the predicts
+    after it still go to the one worker, and read the base once across the sweep."""
+    outputs = {}
+    for mode in ("shared", "per-run"):
+        (tmp_path / mode).mkdir()
+        spec = spec_file(tmp_path / mode / "sel.yaml", tiny_gemma, telecom_dir, sets=SETS,
+                         extra=f"predict_mode: {mode}\ndecoding: greedy\nselect: {{on: telecom_dev_200, every: 5}}\n"
+                               "sweep: {grid: {lora_rank: [2, 4]}}\n")
+        _run(spec, tmp_path / mode / "runs")
+        root = tmp_path / mode / "runs" / "sel"
+        logs = {(run, s): (root / run / "logs" / f"predict-{s}.log").read_text(errors="replace")
+                for run in ("r2", "r4") for s in SETS}
+        assert all("tlf-lf serve: " in text for text in logs.values())     # in the worker, not a process each
+        loads = [load for key in sorted(logs) for load in _loads(logs[key])]
+        assert loads == (["read from disk"] + ["an in-memory copy"] * 3 if mode == "shared" else []), loads
+        outputs[mode] = {key: (root / key[0] / f"predict-{key[1]}" / rundir.PREDICTIONS).read_bytes() for key in logs}
+        for run in ("r2", "r4"):                                             # the select step: one read too
+            checkpoints = len(json.loads((root / run / rundir.SELECTION).read_text())["checkpoints"])
+            selected = _loads((root / run / "logs" / "select.log").read_text(errors="replace"))
+            assert checkpoints >= 2 and selected == (
+                ["read from disk"] + ["an in-memory copy"] * (checkpoints - 1) if mode == "shared" else []), selected
+    assert outputs["shared"] == outputs["per-run"]
