@@ -30,13 +30,17 @@ _kept: dict = {}           # key -> the pristine model, on the CPU
 
 def install_for(config_path: str | None) -> None:
     """Share loads for this config when the process was started with TLF_SHARE_BASE=1 and the
-    config predicts with an adapter (a full fine-tune's predict reads its own weights)."""
+    config predicts with an adapter (a full fine-tune's predict reads its own weights). A
+    process that never shares never imports the loader here (tlf-lf version stays light)."""
+    global _original
+    wanted = _wanted(config_path)
+    if not wanted and _original is None:
+        return
     from llamafactory.model import loader
 
-    global _original
     if _original is None:
         _original = loader.AutoModelForCausalLM
-    loader.AutoModelForCausalLM = _shared_class() if _wanted(config_path) else _original
+    loader.AutoModelForCausalLM = _shared_class() if wanted else _original
 
 
 def _wanted(config_path: str | None) -> bool:
