@@ -2,7 +2,8 @@
 # The README's two commands, each self-installing and idempotent:
 #   ./dev.sh demo   -> builds .venv if needed, then runs `tlf demo` (the blog's study in miniature)
 #   ./dev.sh test   -> builds .venv if needed, starts the local Slurm, runs the whole test suite
-# Other verbs: setup (only install), shell-env (print `source` line).
+# Other verbs: setup (only install), tracking (setup plus the optional MLflow/TensorBoard extra),
+# shell-env (print `source` line).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -10,7 +11,7 @@ VENV="${TLF_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-stamp_of() { cat dev.sh pyproject.toml requirements/cpu-lock.txt | sha256sum | cut -c1-16; }
+stamp_of() { cat dev.sh pyproject.toml requirements/cpu-lock.txt requirements/tracking-lock.txt | sha256sum | cut -c1-16; }
 
 setup() {
   local stamp; stamp=$(stamp_of)
@@ -56,6 +57,19 @@ PYEOF
   echo "$stamp" > "$VENV/.tlf-stamp"
 }
 
+tracking() {
+  # The optional extra `.[tracking]` (MLflow, TensorBoard), pinned: the tests of `tracking:` need it;
+  # `./dev.sh demo` does not.
+  setup
+  local stamp; stamp=$(stamp_of)
+  [[ -f "$VENV/.tlf-tracking-stamp" && "$(cat "$VENV/.tlf-tracking-stamp")" == "$stamp" ]] && return 0
+  echo "[tlf] installing the tracking extra (mlflow, tensorboard) for the tests (first run only)" >&2
+  "$PY" -m pip install --disable-pip-version-check -r requirements/tracking-lock.txt >>"$VENV/install.log" 2>&1 \
+    || { tail -n 40 "$VENV/install.log" >&2; echo "[tlf] installing the tracking extra failed" >&2; return 1; }
+  "$PY" -c 'import mlflow, tensorboard' >/dev/null
+  echo "$stamp" > "$VENV/.tlf-tracking-stamp"
+}
+
 browser() {
   # Debian's Chromium (and a CJK font, so screenshots show the Chinese questions) for the test
   # that opens report.html in a real browser; with TLF_REQUIRE_BROWSER=1 that test fails, not
@@ -72,6 +86,7 @@ browser() {
 
 run_tests() {
   setup
+  tracking
   browser
   export TLF_REQUIRE_BROWSER=1
   local slurm_started=0
@@ -97,8 +112,9 @@ run_tests() {
 
 case "${1:-}" in
   setup) setup ;;
+  tracking) tracking ;;
   demo) shift; setup; exec "$VENV/bin/tlf" demo "$@" ;;
   test) shift; run_tests "$@" ;;
   shell-env) echo "source $VENV/bin/activate" ;;
-  *) echo "usage: ./dev.sh {demo|test|setup|shell-env} [args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh {demo|test|setup|tracking|shell-env} [args]" >&2; exit 2 ;;
 esac

@@ -163,6 +163,7 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False,
                 executor.reset_run(where.run_dir(name), wait)
     render_mod.write_files(files, force, changed)
     say(f"experiment {spec.name}: {where.root} ({len(selected)} of {len(names)} run(s) here)")
+    _prepare_tracker(where)
     try:
         with contextlib.ExitStack() as stack:
             worker = worker or stack.enter_context(processes.Worker(spec.speed.predict_mode == "shared"))
@@ -178,12 +179,33 @@ def _run_spec(spec, out: Path, only=(), force: bool = False, wait: bool = False,
     return result.report
 
 
+def _prepare_tracker(where) -> None:
+    """tracking: mlflow: the store and the MLflow experiment made before any step starts (array tasks
+    then only add runs to it), and a tracker that cannot be reached said now, not by every job."""
+    from . import tracking
+
+    tracked = tracking.read(where.root)
+    if tracked is None or tracked.kind != "mlflow":
+        return
+    try:
+        experiment_id = tracking.prepare_store(tracked)
+    except TlfError:
+        raise
+    except Exception as error:
+        raise TlfError(f"tracking: mlflow: {tracked.uri}: {type(error).__name__}: {error}") from None
+    say(f"tracking: MLflow experiment {tracked.experiment!r} (id {experiment_id}) in {tracked.uri}")
+
+
 def _print_report(report) -> None:
     say(report.terminal)
     say(
         f"\nreport: {report.html}\n  open it in a browser (one self-contained file: the sortable table, plots and "
         f"each question's answers); also report.md and report.csv in {report.directory}"
     )
+    if report.tracker:
+        port = report.tracker.rsplit(" ", 1)[-1]
+        say(f"tracker: {report.tracker}\n  then open http://127.0.0.1:{port} in a browser (from another machine: "
+            f"ssh -L {port}:127.0.0.1:{port} to this one first)")
 
 
 @main.command()
@@ -235,6 +257,8 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
             executor.reset_run(run_dir)  # --force: results of an older rendering must not pass as this one's
     render_mod.write_files(files, force, changed)
     names = [r.name for r in runs]
+    if not test_only:
+        _prepare_tracker(where)
     if test_only:
         _test_only([where.run_dir(n) / rundir.JOB_SCRIPT for n in names]
                    + [where.root / rundir.ARRAY_SCRIPT, where.root / rundir.REPORT_SCRIPT])

@@ -64,6 +64,8 @@ class Profile:
     python: str | None = _key(None, "interpreter on the compute nodes; null: the one rendering")
     array_parallel: int = _key(2, "the %K of --array=0-N%K for sweeps")
     emulate_devices: bool = _key(True, "set *_VISIBLE_DEVICES when Slurm's GRES does not")
+    tracking_uri: str | None = _key(None, "the site's MLflow tracking server for specs with tracking: mlflow "
+                                          "(a spec's tracking_uri wins); null: a SQLite store per experiment")
 
 
 PROFILE_KEYS = [f.name for f in fields(Profile) if f.name != "name"]
@@ -133,6 +135,11 @@ def _check_profile(profile: Profile, path: Path) -> None:
         raise BadProfileValue(path, "precision", f"expected fp16, bf16 or null, got {profile.precision!r}")
     if profile.python is not None:
         _guarded(path, "python", guard.text, profile.python, "", "path")
+    if profile.tracking_uri is not None:
+        _guarded(path, "tracking_uri", guard.text, profile.tracking_uri, "", "tracking URI")
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*:\S+", profile.tracking_uri):
+            raise BadProfileValue(path, "tracking_uri", f"expected a URI such as http://host:5000, got "
+                                                        f"{guard._short(profile.tracking_uri)}")
     _check_env(profile, path)
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import lfargs, lock, rundir, score, selection
+from . import lfargs, lock, rundir, score, selection, tracking
 from .errors import Failed, TlfError
 from .fsutil import atomic_write
 from .processes import (
@@ -207,10 +207,23 @@ def step_score(run: Run) -> str:
             raise StepFailed(f"{run.name}: cannot score {dataset}: no predictions yet")
         rows = score.read_predictions(run.predictions(dataset)).rows
         sets[dataset] = score.score_rows(rows, categories=_categories(run, dataset), similarity=similarity)
-    atomic_write(run.path / rundir.SCORES, json.dumps({"run": run.name, "sets": sets}, ensure_ascii=False,
-                                                      indent=2) + "\n")
+    scores = {"run": run.name, "sets": sets}
+    atomic_write(run.path / rundir.SCORES, json.dumps(scores, ensure_ascii=False, indent=2) + "\n")
+    tracked = _track_scores(run, scores)
     rundir.record_step(run, "score", "done")
-    return f"scored {len(sets)} set(s)"
+    return f"scored {len(sets)} set(s)" + (f"; {tracked}" if tracked else "")
+
+
+def _track_scores(run: Run, scores: dict) -> str | None:
+    """The scores into the run's tracker (tracking:); a tracker that refuses fails the step (scores.json
+    stays; running the step again logs them)."""
+    table = "\n\n".join(f"{run.name} on {dataset}:\n{score.format_table(values)}"
+                          for dataset, values in scores["sets"].items())
+    try:
+        return tracking.log_scores(run.path, scores, table + "\n")
+    except Exception as error:   # the tracker's own: a locked or corrupt store, a server that is down, no mlflow
+        raise StepFailed(f"{run.name}: scores written to {run.path / rundir.SCORES}, but the tracker refused them: "
+                         f"{type(error).__name__}: {error}") from None
 
 
 def _categories(run: Run, dataset: str) -> list[str] | None:

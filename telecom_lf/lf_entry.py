@@ -66,13 +66,15 @@ def main() -> None:
 def _prepare(config: str | None) -> None:
     """In every process that runs LLaMA-Factory: tlf's blog-era templates, and what the rendered
     config's header asks for: 0.6's prediction decoding, tlf's DoRA forward; a predict's shared
-    base model when the process was started with TLF_SHARE_BASE=1 (basecache.py)."""
-    from telecom_lf import basecache, compat, dora
+    base model when the process was started with TLF_SHARE_BASE=1 (basecache.py); the MLflow run a
+    tracked train config logs into (tracking.py)."""
+    from telecom_lf import basecache, compat, dora, tracking
 
     compat.register_blog_templates()
     compat.install_for(config)
     dora.install_for(config)
     basecache.install_for(config)
+    tracking.install_for(config)
 
 
 def select(argv: list[str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__, compat, dora, guard, inputs, lfargs, rundir, slurm
+from . import __version__, compat, dora, guard, inputs, lfargs, rundir, slurm, tracking
 from . import plan as plan_mod
 from .errors import TlfError
 from .fsutil import sha256_bytes, write_all
@@ -123,7 +123,21 @@ def train_config(spec: Spec, run: RunPlan, run_dir: Path) -> Config:
         for key, value in fast_settings(spec, run, config.values(), args,
                                         profile.gpu_memory_gb if profile else None).items():
             config.put_fast(key, value)
+    _tracking_arguments(spec, run, config)
     return config
+
+
+def _tracking_arguments(spec: Spec, run: RunPlan, config: Config) -> None:
+    """tracking: the tracker LLaMA-Factory's trainer reports the losses to. Where in it (the MLflow
+    run, TensorBoard's directory: transformers 5 reads it from TENSORBOARD_LOGGING_DIR, not
+    logging_dir) tlf-lf sets from the run's tracking.json (the header line)."""
+    kind = spec.tracking.kind
+    if kind == "none":
+        return
+    origin = _from_spec(spec, "tracking")
+    config.put("report_to", kind, origin + " (LLaMA-Factory's losses)")
+    if kind == "mlflow":
+        config.put("run_name", run.name, origin + " (the MLflow run's name; tlf-lf attaches it to the run's id)")
 
 
 FAST_PREDICT_BATCH = 32   # rows per generate call under `speed: fast` (the blog: 1)
@@ -352,6 +366,11 @@ def _header(spec: Spec, run: RunPlan, name: str) -> list[str]:
                 "clean_up_tokenization_spaces=True, as LLaMA-Factory 0.6 did; plain llamafactory-cli ignores this line",
             )
         )
+    if name == TRAIN_FILE and spec.tracking.kind != "none":
+        where = "this run's MLflow run" if spec.tracking.kind == "mlflow" else "this run's log directory"
+        lines.append(rundir.header_line(tracking.HEADER_KEY, spec.tracking.kind, f"{_from_spec(spec, 'tracking')}: "
+                                        f"tlf-lf points LLaMA-Factory's {spec.tracking.kind} callback at {where} "
+                                        f"({tracking.TRACKING_FILE}); plain llamafactory-cli ignores this line"))
     if uses_fast_dora(spec, run):
         origin = _from_spec(spec, "dora_kernel") if spec.line("dora_kernel") else "speed: fast"
         lines.append(rundir.header_line(dora.KEY, "fast", f"{origin}: tlf-lf installs its DoRA forward, same maths "
@@ -389,8 +408,29 @@ def _run_files(spec: Spec, run: RunPlan, run_dir: Path, entries: bytes) -> dict[
         name = predict_file(dataset)
         files[name] = config_yaml(_header(spec, run, name), predict_config(spec, run, run_dir, dataset))
     files[rundir.DATASETS_FILE] = entries
+    tracked = _tracking(spec, run_dir.parent, run)
+    if tracked is not None:
+        files[tracking.TRACKING_FILE] = tracked.to_json()
     files.update(slurm.job_files(spec, run, run_dir))
     return files
+
+
+def _tracking(spec: Spec, root: Path, run: RunPlan | None = None) -> tracking.Tracking | None:
+    """What a run (or, without one, the experiment) tracks where: its tracking.json."""
+    tags = {}
+    if run is not None:
+        tags = {f"arg.{key}": json.dumps(value) if isinstance(value, (bool, list, dict)) else value
+                for key, value in sorted(run.point.items())}
+        tags.update({"tlf.model": run.model_name, "tlf.seed": run.seed if run.seed is not None else spec.seed,
+                     "tlf.baseline": run.is_baseline, **({"tlf.label": run.label} if run.label else {})})
+    return tracking.plan(spec.tracking.kind, spec.tracking.uri, spec.name, root, run.name if run else None, tags)
+
+
+def _check_tracking(spec: Spec) -> None:
+    missing = tracking.missing_packages(spec.tracking.kind)
+    if missing:
+        raise TlfError(f"{spec.where('tracking')}: tracking: {spec.tracking.kind} needs {', '.join(missing)}, "
+                       f"which is not installed here: {tracking.INSTALL}")
 
 
 def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dict) -> bytes:
@@ -421,6 +461,7 @@ def _manifest(spec: Spec, run: RunPlan, files: dict[str, bytes], provenance: dic
 def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes]:
     """Every file of the experiment, path -> bytes. Pure: no file is written."""
     where = layout(spec, out)
+    _check_tracking(spec)
     provenance = {"tlf": __version__, "versions": lfargs.installed_versions(), "spec": str(spec.path),
                   "spec_sha256": spec.sha256, "git_commit": git_commit(spec.path.parent)}
     entries = (json.dumps(spec.data.entries, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
@@ -439,6 +480,9 @@ def render_files(spec: Spec, runs: list[RunPlan], out: Path) -> dict[Path, bytes
               for r in runs])
     files.update(slurm.experiment_files(spec, runs, where.root))
     files[where.root / rundir.EXPERIMENT] = experiment.to_json()
+    tracked = _tracking(spec, where.root)
+    if tracked is not None:
+        files[where.root / tracking.TRACKING_FILE] = tracked.to_json()
     return files
 
 

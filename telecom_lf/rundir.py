@@ -49,6 +49,8 @@ DATASETS_FILE = "datasets.json"
 SELECT_DIR = "select"            # select/<checkpoint-N>/: the dev set's predictions per checkpoint
 SELECTED = "selected"            # a link to the chosen train/checkpoint-N: what the predict steps load
 SELECTION = "selection.json"     # every checkpoint's dev score and the choice
+TRACKING = "tracking.json"       # tracking: what the run logs to which tracker (rendered)
+TRACKER_RUN = "mlflow-run.json"  # tracking: mlflow: the run's MLflow run id (made by the first process needing it)
 # LLaMA-Factory's (and transformers') artefact names: every other module asks here.
 PREDICTIONS = "generated_predictions.jsonl"
 PREDICT_RESULTS = "predict_results.json"
@@ -510,7 +512,7 @@ def reset(run_dir: Path) -> None:
     for child in [run_dir / TRAIN_DIR, run_dir / STEPS, run_dir / SELECT_DIR, *run_dir.glob("predict-*/")]:
         if child.is_dir():
             shutil.rmtree(child)
-    for name in (SCORES, SELECTION):
+    for name in (SCORES, SELECTION, TRACKER_RUN):   # a rerun from scratch is a new MLflow run
         (run_dir / name).unlink(missing_ok=True)
 
 

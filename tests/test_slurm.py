@@ -471,3 +471,37 @@ def test_a_plain_sbatch_refused_by_the_rendered_file_check_is_failed_with_its_er
     assert code == 1 and words["edited"] == "failed", shown
     err = next(line.split("its stderr: ", 1)[1] for line in shown.splitlines() if "its stderr: " in line)
     assert Path(err).is_file() and "train.yaml" in Path(err).read_text(), (err, shown)
+
+
+def test_a_tracked_sweep_in_parallel_array_tasks_loses_no_mlflow_run(tiny_gemma, telecom_dir, tmp_path):
+    """#32: four array tasks at once write into one SQLite store (the experiment made at submit; each
+    task adds its run under tlf's lock, then LLaMA-Factory's callback and the score step log into it)."""
+    mlflow = pytest.importorskip("mlflow", reason="the tracking extra: ./dev.sh test installs it")
+    spec = spec_file(tmp_path / "tracked.yaml", tiny_gemma, telecom_dir, sets=("telecom_test_100", "telecom_train_100"),
+                     extra="tracking: mlflow\nslurm: {array_parallel: 4}\nsweep: {grid: {lora_rank: [1, 2, 3, 4]}}\n")
+    submitted = tlf("submit", spec, "--out", tmp_path / "runs").stdout
+    root = tmp_path / "runs" / "tracked"
+    assert f"MLflow experiment 'tracked' (id 1) in sqlite:///{root}/mlflow.db" in submitted
+    record = last_submission(root)
+    most, end = 0, time.monotonic() + patience(900)
+    while state(record["report"]) not in FINAL:
+        running = subprocess.run(["squeue", "-h", "-r", "-j", record["array"], "-t", "RUNNING", "-o", "%i"],
+                                 capture_output=True, text=True).stdout.split()
+        most = max(most, len(running))
+        assert time.monotonic() < end, "the tracked sweep did not finish"
+        time.sleep(0.5)
+    assert state(record["report"]) == "COMPLETED"
+    assert most >= 2, f"only {most} array task(s) ran at once: the store saw no parallel writers"
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    experiment = client.get_experiment_by_name("tracked")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], max_results=100)}
+    assert set(runs) == {"r1", "r2", "r3", "r4", "report"}
+    for rank in (1, 2, 3, 4):
+        run = runs[f"r{rank}"]
+        logged = [(m.step, round(m.value, 4)) for m in client.get_metric_history(run.info.run_id, "loss")]
+        rows = [json.loads(line) for line in (root / f"r{rank}" / "train" / "trainer_log.jsonl").read_text()
+                .splitlines()]
+        assert logged == [(r["current_steps"], round(r["loss"], 4)) for r in rows if "loss" in r]
+        scores = json.loads((root / f"r{rank}" / "scores.json").read_text())["sets"]
+        assert run.data.metrics["acc_telecom_test_100"] == scores["telecom_test_100"]["acc"]
+        assert run.data.params["lf.lora_rank"] == str(rank)

@@ -20,7 +20,7 @@ LAYERS = [
     {"rundir"},
     {"compat", "synth", "dora", "basecache", "lock", "processes", "paths"},
     {"lfargs"},
-    {"cluster", "data", "score", "use"},
+    {"cluster", "data", "score", "use", "tracking"},
     {"tiny", "selection", "compare"},
     {"spec"},
     {"plan"},

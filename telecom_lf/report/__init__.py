@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import lock, paths, rundir
+from .. import lock, paths, rundir, tracking
 from ..errors import TlfError
 from ..fsutil import write_all
 from . import plots as plots_module
@@ -93,6 +93,7 @@ class Report:
     html: Path
     terminal: str          # the table for a terminal, then the notes
     table: pd.DataFrame
+    tracker: str | None = None   # the command that opens the experiment's tracker (tracking:)
 
 
 # What earlier versions wrote into <experiment>/report before it carried a .tlf-owned list.
@@ -150,4 +151,45 @@ def write_report(root: Path, out: Path | None = None, force: bool = False) -> Re
     terminal = terminal_table(study) + (f"\n\nby configuration (mean ± sd over seeds):\n{config_table(by_config)}"
                                         if by_config is not None else "")
     terminal += "".join(f"\nnote: {note}" for note in study.notes)
-    return Report(out, out / "report.md", out / "report.html", terminal, table)
+    terminal += _track_report(root, [out / "report.html", out / "report.md", out / "report.csv"], study, table)
+    return Report(out, out / "report.md", out / "report.html", terminal, table, tracking.ui_command(root))
+
+
+def _track_report(root: Path, report_files: list[Path], study: Study, table: pd.DataFrame) -> str:
+    """The report into the experiment's tracker (tracking: mlflow): a line for the terminal. The
+    report on disk is the study's record; a tracker that refuses is said, not fatal."""
+    try:
+        done = tracking.log_report(root, report_files, _rows(table), run_verdicts(study, table))
+    except Exception as error:   # the tracker's own: a locked store, a server that is down, mlflow not here
+        return f"\nnote: the report was not attached to the tracker: {type(error).__name__}: {error}"
+    return f"\n{done}" if done else ""
+
+
+def _rows(table: pd.DataFrame) -> dict[str, dict]:
+    """run -> its row of the comparison table, as JSON values (gaps as null)."""
+    import json
+
+    return {str(row["run"]): row for row in json.loads(table.to_json(orient="records", force_ascii=False))}
+
+
+def run_verdicts(study: Study, table: pd.DataFrame) -> dict[str, str]:
+    """run -> its paired comparison with its reference, in words: each metric's Δ with its interval
+    and p, per set, as the table has them."""
+    if "compared with" not in table:
+        return {}
+    found = {}
+    for _index, row in table.iterrows():
+        if not row.get("compared with"):
+            continue
+        clauses = []
+        for dataset in study.sets:
+            for metric in DELTA_METRICS:
+                delta = row.get(delta_column(metric, dataset))
+                if delta is None or pd.isna(delta):
+                    continue
+                extra = "".join(f", {label} {row[column]}" for label, column in
+                                (("95% CI", interval_column(metric, dataset)), ("p", p_column(metric, dataset)))
+                                if column in table and not pd.isna(row[column]))
+                clauses.append(f"Δ{metric} [{dataset}] {delta} pp{extra}")
+        found[str(row["run"])] = f"vs {row['compared with']}: " + "; ".join(clauses)
+    return found

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from ..cluster import Profile
 from ..compat import BLOG_TEMPLATE_FOR
-from .schema import ClusterKeys, ExperimentKeys, Select, SpeedKeys, SweepKeys, default
+from .schema import ClusterKeys, ExperimentKeys, Select, SpeedKeys, SweepKeys, TrackingKeys, default
 
-__all__ = ["Cluster", "Data", "Prompt", "Select", "Spec", "Speed", "Sweep", "Tie"]
+__all__ = ["Cluster", "Data", "Prompt", "Select", "Spec", "Speed", "Sweep", "Tie", "Tracking"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,13 @@ class Speed:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """tracking:, tracking_uri: (the spec's, else the cluster profile's)."""
+    kind: str = default(TrackingKeys, "tracking")
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
 class Cluster:
     """cluster: and its slurm: overrides, and the profile they resolve to (once, at load)."""
     name: str | None = default(ClusterKeys, "cluster")
@@ -90,6 +97,7 @@ class Spec:
     select: Select | None = None     # checkpoint selection on a dev set
     speed: Speed = Speed()
     cluster: Cluster = Cluster()
+    tracking: Tracking = Tracking()
     baseline: str | None = None
     labels: dict = field(default_factory=dict)     # run name -> what the run is, in words
     notes: tuple[str, ...] = ()                    # things a user should know that are not errors

@@ -15,20 +15,18 @@ from ..cluster import PROFILE_KEYS, BadProfileValue, load_profile
 from ..compat import BLOG_TEMPLATE_FOR
 from ..errors import TlfError
 from ..fsutil import load_yaml_strict, sha256_bytes
-from .model import Cluster, Data, Prompt, Spec, Speed, Sweep, Tie
+from .model import Cluster, Data, Prompt, Spec, Sweep, Tie
+from .options import parse_speed, parse_tracking
 from .schema import (
     DATA_KEYS,
     DECODING,
-    DORA_KERNELS,
     HUB_ID_RE,
     MAX_SEEDS,
     NAME_RE,
-    PREDICT_MODES,
     PROMPT_MODES,
     RESERVED,
     SELECT_KEYS,
     SELECT_METRICS,
-    SPEEDS,
     SWEEP_KEYS,
     TIE_RE,
     TOP_KEYS,
@@ -36,7 +34,6 @@ from .schema import (
     ExperimentKeys,
     PromptKeys,
     Select,
-    SpeedKeys,
     SweepKeys,
     default,
 )
@@ -243,8 +240,9 @@ def load(path: Path, overrides: list[str] | None = None, require_model: bool = T
     train, predict = _parse_arguments(raw, check)
     top = _parse_experiment(raw, check)
     select = _parse_select(raw, check)
-    sections = {"prompt": _parse_prompt(raw, check), "speed": _parse_speed(raw, check),
-                "cluster": _parse_cluster(raw, check), "select": select}
+    sections = {"prompt": _parse_prompt(raw, check), "speed": parse_speed(raw, check),
+                "cluster": _parse_cluster(raw, check), "select": select,
+                "tracking": parse_tracking(raw, train, check)}
     if top["sweep"] and train is None:
         check.fail(("sweep",), "a sweep varies training arguments: add train:")
     _check_select(select, train, data, check)
@@ -457,27 +455,6 @@ def _parse_labels(raw, check: _Checker) -> dict:
     return labels
 
 
-def _parse_speed(raw: dict, check: _Checker) -> Speed:
-    speed = raw.get("speed", default(SpeedKeys, "speed"))
-    if speed not in SPEEDS:
-        check.fail(("speed",), f"expected one of {list(SPEEDS)}, got {speed!r}")
-    micro_batch = raw.get("micro_batch")
-    if micro_batch is not None and check.guarded(("micro_batch",), guard.integer, micro_batch, "", 1, 1_000_000):
-        if speed != "fast":
-            check.fail(("micro_batch",), "micro_batch sets the `speed: fast` profile's micro-batch; add speed: fast "
-                                         "(as written, the micro-batch is train.per_device_train_batch_size)")
-    dora_kernel = raw.get("dora_kernel")
-    if dora_kernel is not None and dora_kernel not in DORA_KERNELS:
-        check.fail(("dora_kernel",), f"expected one of {list(DORA_KERNELS)}, got {dora_kernel!r}")
-    predict_mode = raw.get("predict_mode", default(SpeedKeys, "predict_mode"))
-    if predict_mode not in PREDICT_MODES:
-        check.fail(("predict_mode",), f"expected one of {list(PREDICT_MODES)}, got {predict_mode!r}")
-    return Speed(
-        mode=speed, micro_batch=micro_batch, dora_kernel=dora_kernel or ("fast" if speed == "fast" else "peft"),
-        predict_mode=predict_mode,
-    )
-
-
 def _parse_cluster(raw: dict, check: _Checker) -> Cluster:
     slurm = _section(raw, "slurm", PROFILE_KEYS, check, "a mapping of Slurm overrides")
     cluster = raw.get("cluster")
@@ -558,7 +535,10 @@ def _with_profile(spec: Spec) -> Spec:
         if error.key not in cluster.slurm:
             raise
         raise TlfError(f"{spec.where('slurm', error.key)}: {error.detail}") from None
-    return replace(spec, cluster=replace(cluster, profile=profile))
+    tracking = spec.tracking
+    if tracking.kind == "mlflow" and tracking.uri is None and profile.tracking_uri:
+        tracking = replace(tracking, uri=profile.tracking_uri)   # the site's server; the spec's URI wins
+    return replace(spec, cluster=replace(cluster, profile=profile), tracking=tracking)
 
 
 def _check_datasets(path: Path, data_dir: Path, names: list[str], lines: dict) -> dict:

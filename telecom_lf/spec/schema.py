@@ -12,6 +12,8 @@ from ..cluster import Profile
 SPEEDS = ("as-written", "fast")
 DORA_KERNELS = ("fast", "peft")
 PREDICT_MODES = ("shared", "per-run")
+TRACKERS = ("none", "mlflow", "tensorboard")
+TRACKING_URI_RE = re.compile(r"[a-z][a-z0-9+.-]*:[^\s]+")
 PROMPT_MODES = ("blog", "upstream")
 DECODING = ("greedy", "sampled")
 # Keys tlf writes itself: setting them in a spec would silently fight the plan.
@@ -113,6 +115,15 @@ class SpeedKeys:
 
 
 @dataclass(frozen=True)
+class TrackingKeys:
+    tracking: str = _key("none", "mlflow: one MLflow experiment per spec, one MLflow run per tlf run (LLaMA-Factory's "
+                                 "losses, tlf's scores and the selection), in <experiment>/mlflow.db; tensorboard: "
+                                 "<experiment>/tensorboard/<run>; both need `pip install -e '.[tracking]'`")
+    tracking_uri: str | None = _key(None, "tracking: mlflow only: an MLflow tracking URI instead of the SQLite store "
+                                          "(e.g. http://mlflow.example:5000); default: the profile's, else SQLite")
+
+
+@dataclass(frozen=True)
 class ClusterKeys:
     cluster: str | None = _key(None, "cluster profile name (dcu, nvidia, local-test or your own)")
     slurm: dict = _key({}, "overrides of the profile's keys (slurm.<key> below)")
@@ -120,7 +131,8 @@ class ClusterKeys:
 
 # (section, dataclass): section None holds top-level keys; "slurm" is the Profile itself.
 SCHEMA = [(None, ExperimentKeys), ("data", DataKeys), (None, PromptKeys), (None, ArgumentKeys),
-          ("sweep", SweepKeys), ("select", Select), (None, SpeedKeys), (None, ClusterKeys), ("slurm", Profile)]
+          ("sweep", SweepKeys), ("select", Select), (None, SpeedKeys), (None, TrackingKeys),
+          (None, ClusterKeys), ("slurm", Profile)]
 TOP_KEYS = tuple([f.name for s, c in SCHEMA if s is None for f in fields(c)] + ["data", "sweep", "select"])
 SELECT_KEYS = tuple(f.name for f in fields(Select))
 DATA_KEYS = tuple(f.name for f in fields(DataKeys))
