@@ -18,7 +18,7 @@ from conftest import BIN, spec_file, tlf_bin
 from telecom_lf import rundir, tracking
 
 SETS = ("telecom_test_100", "telecom_train_100")
-SWEEP = "decoding: greedy\nsweep:\n  vary: {use_dora: [true], lora_rank: [8]}\n"
+SWEEP = "decoding: greedy\nsweep:\n  vary: {use_dora: [true], lora_rank: [8]}\nselect: {on: telecom_dev_200, every: 5}\n"
 RUNS = ("sweep", "dora", "r8")
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra: ./dev.sh test installs it")
@@ -66,6 +66,11 @@ def test_a_tracked_sweep_is_one_experiment_with_a_run_per_tlf_run_holding_losses
         for dataset in SETS:                                           # tlf's score step
             assert run.data.metrics[f"acc_{dataset}"] == scores[dataset]["acc"]
             assert run.data.metrics[f"item_f1_{dataset}"] == scores[dataset]["item_f1"]
+        selection = json.loads((root / name / rundir.SELECTION).read_text())   # the checkpoint selection
+        series = client.get_metric_history(run.info.run_id, "select_acc_telecom_dev_200")
+        assert [(m.step, m.value) for m in series] == [(c["step"], c["acc"]) for c in selection["checkpoints"]]
+        assert len(series) >= 2 and run.data.metrics["selected_step"] == selection["chosen"]["step"]
+        assert run.data.params["tlf.selected_checkpoint"] == f"checkpoint-{selection['chosen']['step']}"
         assert run.data.params["lf.lora_rank"] == ("8" if name == "r8" else "4")   # the rendered train.yaml
         assert run.data.params["learning_rate"]                            # and the trainer's own arguments
         tags = run.data.tags
@@ -73,7 +78,7 @@ def test_a_tracked_sweep_is_one_experiment_with_a_run_per_tlf_run_holding_losses
         assert tags["tlf.spec_sha256"] == json.loads((root / name / rundir.MANIFEST).read_text())["spec_sha256"]
         assert tags["arg.use_dora"] == ("true" if name == "dora" else "false")
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"scores.json", "scores.txt", "report_row.json"} <= artifacts
+        assert {"scores.json", "scores.txt", "report_row.json", "selection.json"} <= artifacts
     assert runs["dora"].data.tags["tlf.verdict"].startswith("vs sweep: Δacc [telecom_test_100]")
     assert "tlf.verdict" not in runs["sweep"].data.tags                 # the A/B base is compared with nothing
     report = client.search_runs([experiment.experiment_id], filter_string="tags.`tlf.report` = 'yes'")
