@@ -122,7 +122,7 @@ def diff(spec_path: Path, out: Path, run_name: str | None, show_all: bool, overr
               help="With --srun-nodes: training processes (cards) per node.")
 @click.option("--wait", is_flag=True, help="If another worker holds the run, wait for it instead of refusing.")
 def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per_node: int, wait: bool) -> None:
-    """Run steps of one rendered run: all | train | select | predict SET | score (the sbatch entry point).
+    """Run steps of one rendered run: all | training | train | select | predict SET | score (sbatch's entry).
 
     A step whose outputs are complete is skipped, so a requeued job goes on where it stopped.
     """
@@ -130,6 +130,22 @@ def step(run_dir: Path, what: tuple[str, ...], srun_nodes: int | None, nproc_per
 
     executor.step(run_dir, list(what), executor.Launch(srun_nodes=srun_nodes, nproc_per_node=nproc_per_node),
                   wait=wait)
+
+
+@main.command("predict-shared")
+@click.argument("experiment_dir", type=click.Path(file_okay=False, path_type=Path))
+def predict_shared(experiment_dir: Path) -> None:
+    """Predict and score every trained run in one process, the base read once (a sweep's Slurm job).
+
+    predict_mode: shared: predict.sbatch runs it after the sweep's array trained every run. Runs
+    whose training is not done are skipped; done steps are skipped, so a requeued job goes on.
+    """
+    from . import executor, processes
+
+    with processes.Worker(share_base=True) as worker:
+        failures = executor.predict_shared(experiment_dir, executor.Launch(worker=worker))
+    if failures:
+        raise Failed(f"{len(failures)} run(s) failed to predict or score: {', '.join(failures)}")
 
 
 @main.command()
@@ -239,9 +255,10 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
     """Render SPEC and submit what is not done yet to Slurm; returns at once.
 
     One run or a model comparison: per run train -> predict(s) -> score chained with afterok.
-    A sweep: one job array (--array=...%K). Then one report job after everything.
+    A sweep: one job array (--array=...%K); under predict_mode: shared (the default) its tasks
+    train, then one job predicts every run with the base read once. Then one report job.
     """
-    from . import executor, rundir, scheduler
+    from . import executor, rundir, scheduler, slurm
     from . import render as render_mod
 
     spec = load_spec(spec_path, overrides)
@@ -264,12 +281,14 @@ def submit(spec_path: Path, out: Path, test_only: bool, force: bool, overrides) 
                    + [where.root / rundir.ARRAY_SCRIPT, where.root / rundir.REPORT_SCRIPT])
         return
     as_array = spec.sweep is not None and len(runs) > 1
-    record = scheduler.submit(where, names, as_array, spec.cluster.profile.array_parallel)
+    shared = as_array and slurm.shares_predicts(spec, runs)
+    record = scheduler.submit(where, names, as_array, spec.cluster.profile.array_parallel, shared)
     if record is None:
         say(f"nothing to do: all {len(names)} run(s) are done (--force redoes runs whose files changed)")
         return
     if as_array:
-        say(f"array {record['array']} ({len(record['runs'])} of {len(runs)} runs), report {record['report']}")
+        predict = f", then predict {record['predict']} (every run, the base read once)" if "predict" in record else ""
+        say(f"array {record['array']} ({len(record['runs'])} of {len(runs)} runs){predict}, report {record['report']}")
     else:
         for name, ids in record["runs"].items():
             say(f"{name}: " + ", ".join(f"{k} {v}" for k, v in ids.items()))
@@ -282,7 +301,7 @@ def _refuse_active_jobs(spec, where, names: list[str]) -> None:
     """A second submit while the first's jobs are queued or running would train runs twice."""
     from . import scheduler, slurm
 
-    active = scheduler.active_jobs(where, [slurm.job_name(spec, n) for n in [*names, "sweep", "report"]])
+    active = scheduler.active_jobs(where, [slurm.job_name(spec, n) for n in [*names, "sweep", "predict", "report"]])
     if active:
         raise TlfError(f"jobs of experiment {spec.name} are still queued or running: {', '.join(active)}; "
                        "let them finish (`tlf status`) or scancel them, then submit again")

@@ -242,10 +242,14 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
     run = rundir.open_run(run_dir)
     if not what or what == ["all"]:
         links = run.chain()
+    elif what == [rundir.TRAINING]:
+        links = _training_links(run)
+        if not links:
+            echo(f"{run.name}: {rundir.TRAINING}: nothing to train (a predict-only run)")
     else:
         links = [link for link in run.chain() if list(link.args) == what]
         if not links:
-            raise TlfError(f"unknown step {' '.join(what)!r} for run {run.name}; expected: all | "
+            raise TlfError(f"unknown step {' '.join(what)!r} for run {run.name}; expected: all | {rundir.TRAINING} | "
                            + " | ".join(" ".join(link.args) for link in run.chain()))
     rundir.check_rendered(run)
     for group in _groups(run, links, launch):
@@ -260,6 +264,37 @@ def step(run_dir: Path, what: list[str], launch: Launch = Launch(), echo=print, 
         link = group[0]
         with lock.hold(run.path, f"tlf step {' '.join(link.args)} of {run.name}", wait, step=link.name):
             echo(f"{run.name}: {' '.join(link.args)}: {run_link(run, link.args, launch, echo)}")
+
+
+def _training_links(run: Run) -> list[rundir.Link]:
+    """The links before the first predict: train and, under select:, select."""
+    return [link for link in run.chain() if link.name in ("train", "select")]
+
+
+def predict_shared(root: Path, launch: Launch, echo=print) -> list[str]:
+    """The shared predict job of a sweep on Slurm (after its array trained every run): each run's
+    predicts and score, in experiment order, through the one worker ``launch`` holds, so its base
+    model is read once for all of them. A run whose training is not done (its array task failed or
+    was cancelled) is skipped and said; a run whose predict fails has its own record and log, and
+    the others go on. Done steps are skipped: a requeued job predicts no finished set twice.
+    Returns the runs that failed here."""
+    experiment = rundir.Experiment(Path(root).resolve())
+    failures = []
+    for entry in experiment.read().runs:
+        run = rundir.open_run(experiment.run_dir(entry.name))
+        untrained = [link.name for link in _training_links(run) if not rundir.link_done(run, link.name)]
+        if untrained:
+            echo(f"{run.name}: skipped: {' and '.join(untrained)} not done (its array task did not finish: "
+                 "`tlf status` says why)")
+            continue
+        if run.manifest.finetuning_type == "full":
+            echo(f"{run.name}: a full fine-tune: predicts from its own weights, not from the shared base")
+        try:
+            step(run.path, ["all"], launch, echo=echo)
+        except Failed as error:
+            echo(f"{run.name}: FAILED: {error}")
+            failures.append(run.name)
+    return failures
 
 
 def _groups(run: Run, links: list[rundir.Link], launch: Launch) -> list[list[rundir.Link]]:

@@ -44,6 +44,7 @@ REPORT_DIR = "report"
 JOB_SCRIPT = "job.sbatch"
 ARRAY_SCRIPT = "array.sbatch"
 REPORT_SCRIPT = "report.sbatch"
+PREDICT_SCRIPT = "predict.sbatch"  # a shared sweep on Slurm: every run's predicts in one job after the array
 SUBMIT_SCRIPT = "submit.sh"
 DATASETS_FILE = "datasets.json"
 SELECT_DIR = "select"            # select/<checkpoint-N>/: the dev set's predictions per checkpoint
@@ -51,6 +52,9 @@ SELECTED = "selected"            # a link to the chosen train/checkpoint-N: what
 SELECTION = "selection.json"     # every checkpoint's dev score and the choice
 TRACKING = "tracking.json"       # tracking: what the run logs to which tracker (rendered)
 TRACKER_RUN = "mlflow-run.json"  # tracking: mlflow: the run's MLflow run id (made by the first process needing it)
+MLFLOW_STORE = "mlflow.db"       # tracking: mlflow: the experiment's SQLite store ...
+MLFLOW_ARTIFACTS = "mlartifacts"  # ... and its artifacts
+TENSORBOARD = "tensorboard"      # tracking: tensorboard: the experiment's log directory, a subdirectory per run
 # LLaMA-Factory's (and transformers') artefact names: every other module asks here.
 PREDICTIONS = "generated_predictions.jsonl"
 PREDICT_RESULTS = "predict_results.json"
@@ -68,7 +72,8 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)$")
 # saves a whole model, loaded as model_name_or_path.
 ADAPTER_TYPES = ("lora", "oft")
 # What an experiment directory holds beside its runs: no run may be named like one of them.
-EXPERIMENT_ENTRIES = (EXPERIMENT, JOBS, LOGS, REPORT_DIR, ARRAY_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT)
+EXPERIMENT_ENTRIES = (EXPERIMENT, JOBS, LOGS, REPORT_DIR, ARRAY_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT, PREDICT_SCRIPT,
+                      TRACKING, MLFLOW_STORE, MLFLOW_ARTIFACTS, TENSORBOARD)
 JOB_ID = re.compile(r"^[0-9]+(?:_[0-9]+)?$")    # what sbatch returns, or <array>_<task>
 STATES = ("rendered", "training", "trained", "selected", "predicted", "done", "failed", "interrupted")
 # What `tlf status` says (STATES, and what Slurm's job states add: scheduler.run_word).
@@ -103,6 +108,9 @@ class Link:
     name: str
     args: tuple[str, ...]
     after: tuple[str, ...] = ()
+
+
+TRAINING = "training"   # `tlf step RUN training`: the links before the predicts (train, select)
 
 
 def chain(trains: bool, predict_sets: list[str], selects: bool = False) -> list[Link]:
@@ -177,9 +185,10 @@ def check_run_name(name: str, where: str) -> str:
 
 
 def submission_ids(record: dict) -> list:
-    """Every job id a jobs.json record names: each run's steps (or array task), the array, the report."""
+    """Every job id a jobs.json record names: each run's steps (or array task), the array, the shared
+    predict job, the report."""
     ids = [i for jobs in record.get("runs", {}).values() if isinstance(jobs, dict) for i in jobs.values()]
-    return ids + [record[k] for k in ("array", "report") if k in record]
+    return ids + [record[k] for k in ("array", "predict", "report") if k in record]
 
 
 def _job_record(record) -> bool:

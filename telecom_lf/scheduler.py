@@ -90,10 +90,13 @@ def unfinished(experiment: Experiment, run_names: list[str]) -> list[str]:
     return [n for n in run_names if not rundir.score_done(rundir.open_run(experiment.run_dir(n)))]
 
 
-def submit(experiment: Experiment, run_names: list[str], as_array: bool, array_parallel: int = 2) -> dict | None:
+def submit(experiment: Experiment, run_names: list[str], as_array: bool, array_parallel: int = 2,
+           shared_predict: bool = False) -> dict | None:
     """Submit the runs not done yet and return at once (None: nothing to do). Chains use afterok;
     a failed parent cancels its children (``--kill-on-invalid-dep=yes``: Slurm would otherwise
-    keep them PENDING forever). If one sbatch fails, what was submitted is cancelled."""
+    keep them PENDING forever). ``shared_predict`` (an array only): its tasks train, then one job
+    after all of them (afterany: a failed task does not cost the others their predictions)
+    predicts every trained run. If one sbatch fails, what was submitted is cancelled."""
     if not shutil.which("sbatch"):
         raise TlfError("sbatch is not on PATH: run `tlf submit` on a Slurm login node, or `tlf run` locally")
     experiment.jobs()            # a broken jobs.json is refused before anything is submitted
@@ -105,12 +108,20 @@ def submit(experiment: Experiment, run_names: list[str], as_array: bool, array_p
     try:
         if as_array:
             indices = [run_names.index(n) for n in todo]
+            steps = [rundir.TRAINING] if shared_predict else []   # the array script's default: all
             array = _sbatch([f"--array={','.join(map(str, indices))}%{array_parallel}",
-                             str(experiment.root / rundir.ARRAY_SCRIPT)])
+                             str(experiment.root / rundir.ARRAY_SCRIPT), *steps])
             submitted.append(array)
             record["array"] = array
             record["runs"] = {name: {"array_task": f"{array}_{run_names.index(name)}"} for name in todo}
             last = [array]
+            if shared_predict:
+                record["predict"] = _sbatch([f"--dependency=afterany:{array}",
+                                             str(experiment.root / rundir.PREDICT_SCRIPT)])
+                submitted.append(record["predict"])
+                for jobs in record["runs"].values():
+                    jobs["predict"] = record["predict"]
+                last = [record["predict"]]
         else:
             last = [_submit_chain(experiment.run_dir(name), record["runs"].setdefault(name, {}), submitted)
                     for name in todo]
@@ -297,11 +308,14 @@ def status_lines(
             records = rundir.step_records(run)
             per_run[name] = (run, records,
                              _run_jobs(submitted.get(name, {}), records, queued.get(job_names.get(name), [])))
-    report_job = last.get("report")
-    ids = [j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or ""]
+    report_job, predict_job = last.get("report"), last.get("predict")
+    ids = [j for *_, jobs in per_run.values() for j in jobs.values()] + [report_job or "", predict_job or ""]
     states = {} if down else _guarded(lambda: job_states(ids), problems, {})
     shown = [_run_line(name, per_run.get(name), states) for name in run_names]
     lines = [line for line, _ in shown]
+    if predict_job:
+        lines.append(f"predict job {predict_job} (every run's predicts, the base read once): "
+                     f"{states.get(predict_job, '?')}")
     if report_job:
         lines.append(f"report job {report_job}: {states.get(report_job, '?')}")
     return lines, "; ".join(problems) or None, [word for _, word in shown]

@@ -19,7 +19,7 @@ import jinja2
 from . import __version__, guard
 from .cluster import SBATCH_VALUE, Profile, resource_dir
 from .errors import TlfError
-from .rundir import ARRAY_SCRIPT, JOB_SCRIPT, LOGS, REPORT_SCRIPT, SUBMIT_SCRIPT, chain
+from .rundir import ARRAY_SCRIPT, JOB_SCRIPT, LOGS, PREDICT_SCRIPT, REPORT_SCRIPT, SUBMIT_SCRIPT, chain
 from .spec import Spec
 
 
@@ -155,12 +155,26 @@ def experiment_files(spec: Spec, runs: list, root: Path) -> dict[Path, bytes]:
               for r in runs]
     report_lines = [line for line in sbatch_lines(profile, job_name(spec, "report"), root / LOGS, gpus=False)
                     if not line.startswith(("--requeue", "--signal", "--open-mode"))]
+    shared = shares_predicts(spec, runs)
     files = {
         root / ARRAY_SCRIPT: env.get_template("array.sbatch.j2").render(
-            **common, sbatch_lines=sbatch_lines(profile, job_name(spec, "sweep"), root / LOGS, array=array)),
+            **common, shared_predict=shared,
+            sbatch_lines=sbatch_lines(profile, job_name(spec, "sweep"), root / LOGS, array=array)),
         root / REPORT_SCRIPT: env.get_template("report.sbatch.j2").render(**common, sbatch_lines=report_lines),
         root / SUBMIT_SCRIPT: env.get_template("submit.sh.j2").render(
             **common, job_script=JOB_SCRIPT, report_script=REPORT_SCRIPT, chains=chains),
         root / LOGS / ".keep": "",
     }
+    if shared:
+        one_card = dataclasses.replace(profile, nodes=1, gpus_per_node=min(1, profile.gpus_per_node))
+        files[root / PREDICT_SCRIPT] = env.get_template("predict.sbatch.j2").render(
+            **{**common, **_step_context(one_card)}, predict_job=True,
+            sbatch_lines=sbatch_lines(one_card, job_name(spec, "predict"), root / LOGS))
     return {path: text.encode("utf-8") for path, text in files.items()}
+
+
+def shares_predicts(spec: Spec, runs: list) -> bool:
+    """Whether `tlf submit` predicts the sweep in one job after its array (predict_mode: shared): a
+    sweep of several runs with sets to predict."""
+    return spec.speed.predict_mode == "shared" and spec.sweep is not None and len(runs) > 1 \
+        and bool(spec.data.predict)

@@ -28,13 +28,13 @@ from pathlib import Path
 from . import rundir
 from .errors import TlfError
 from .fsutil import atomic_write
+from .rundir import MLFLOW_ARTIFACTS as ARTIFACTS
+from .rundir import MLFLOW_STORE as STORE
+from .rundir import TENSORBOARD as TENSORBOARD_DIR
 from .rundir import TRACKER_RUN as RUN_ID_FILE
 from .rundir import TRACKING as TRACKING_FILE
 
 KINDS = ("none", "mlflow", "tensorboard")
-STORE = "mlflow.db"
-ARTIFACTS = "mlartifacts"
-TENSORBOARD_DIR = "tensorboard"
 HEADER_KEY = "tracking"
 PACKAGES = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
 INSTALL = "pip install -e '.[tracking]' (from a tlf checkout; or: pip install 'mlflow>=3.7,<4' tensorboard)"

@@ -17,6 +17,7 @@ COMMANDS = [
     "diff",
     "export",
     "model",
+    "predict-shared",
     "probe",
     "render",
     "report",

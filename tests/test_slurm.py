@@ -432,7 +432,8 @@ def _status(spec: Path, out: Path) -> tuple[int, dict[str, str], str]:
     """tlf status's exit code, each run's state word, and its whole output."""
     done = tlf("status", spec, "--out", out, check=False)
     words = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()
-             if line and not line.startswith((" ", "experiment ", "report job")) and "run(s):" not in line}
+             if line and not line.startswith((" ", "experiment ", "report job", "predict job"))
+             and "run(s):" not in line}
     return done.returncode, words, done.stdout + done.stderr
 
 
@@ -451,8 +452,9 @@ def test_a_cancelled_array_task_is_cancelled_not_training_and_status_fails(tiny_
         time.sleep(1)
     subprocess.run(["scancel", task[name]], check=True)
     assert wait_final([task[name]], timeout=120)[task[name]] == "CANCELLED"
-    subprocess.run(["scancel", record["array"], record["report"]], check=True)
-    wait_final([record["array"], record["report"]], timeout=120)
+    others = [record["array"], record["predict"], record["report"]]   # the sweep's shared predict job too
+    subprocess.run(["scancel", *others], check=True)
+    wait_final(others, timeout=120)
     code, words, shown = _status(spec, out)
     assert words[name] == "cancelled", shown         # its step record may still say running: Slurm knows better
     assert code == 1 and "cancelled" in shown.splitlines()[-1], shown
@@ -505,3 +507,68 @@ def test_a_tracked_sweep_in_parallel_array_tasks_loses_no_mlflow_run(tiny_gemma,
         scores = json.loads((root / f"r{rank}" / "scores.json").read_text())["sets"]
         assert run.data.metrics["acc_telecom_test_100"] == scores["telecom_test_100"]["acc"]
         assert run.data.params["lf.lora_rank"] == str(rank)
+
+
+SHARED_SWEEP = ("decoding: greedy\nslurm: {array_parallel: 3}\n"
+                "sweep:\n  vary: {use_dora: [true], finetuning_type: [full]}\n")
+
+
+def test_a_shared_sweep_trains_in_its_array_then_predicts_every_run_in_one_job_reading_the_base_once(
+        tiny_gemma, telecom_dir, tmp_path):
+    """#31 on Slurm: the array tasks train; one job after them (afterany) predicts and scores every
+    run, the base model read from disk once for the adapter runs; status shows that job."""
+    sets = ("telecom_test_100", "telecom_train_100")
+    spec = spec_file(tmp_path / "shared.yaml", tiny_gemma, telecom_dir, extra=SHARED_SWEEP, sets=sets)
+    submitted = tlf("submit", spec, "--out", tmp_path / "runs").stdout
+    root = tmp_path / "runs" / "shared"
+    record = last_submission(root)
+    assert f"then predict {record['predict']} (every run, the base read once)" in submitted
+    dependency = subprocess.run(["scontrol", "show", "job", record["predict"]], capture_output=True, text=True).stdout
+    assert f"afterany:{record['array']}" in dependency
+    states = wait_final([record["array"], record["predict"], record["report"]], timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    loads = []
+    for name in ("shared", "dora", "finetuning_typefull"):
+        steps = {p.stem: json.loads(p.read_text()) for p in (root / name / "steps").glob("*.json")}
+        assert steps["train"]["job_id"] == record["runs"][name]["array_task"]     # trained by its array task
+        assert {steps[f"predict-{s}"]["job_id"] for s in sets} | {steps["score"]["job_id"]} == {record["predict"]}
+        assert (root / name / "scores.json").exists()
+        for dataset in sets:
+            log = (root / name / "logs" / f"predict-{dataset}.log").read_text(errors="replace")
+            loads += [(name, kind) for kind in ("read from disk", "an in-memory copy") if f": {kind}" in log]
+    assert sorted(kind for _, kind in loads) == ["an in-memory copy"] * 3 + ["read from disk"], loads
+    assert not any(name == "finetuning_typefull" for name, _ in loads)   # a full fine-tune reads its own weights
+    code, words, shown = _status(spec, tmp_path / "runs")
+    assert code == 0 and set(words.values()) == {"done"}, shown
+    assert f"predict job {record['predict']} (every run's predicts, the base read once): COMPLETED" in shown
+
+
+def test_a_requeued_shared_predict_job_predicts_no_finished_set_twice(tiny_gemma, telecom_dir, tmp_path):
+    sets = ("telecom_test_100", "telecom_train_100")
+    spec = spec_file(tmp_path / "requeued.yaml", tiny_gemma, telecom_dir, sets=sets,
+                     extra="decoding: greedy\nslurm: {array_parallel: 3}\nsweep: {grid: {lora_rank: [1, 2, 3]}}\n")
+    tlf("submit", spec, "--out", tmp_path / "runs", "--set", "predict.max_samples=100")
+    root = tmp_path / "runs" / "requeued"
+    record = last_submission(root)
+    records = [root / f"r{rank}" / "steps" / f"predict-{s}.json" for rank in (1, 2, 3) for s in sets]
+
+    def done_now() -> list[Path]:
+        return [p for p in records if p.exists() and json.loads(p.read_text())["state"] == "done"]
+
+    end = time.monotonic() + patience(600)
+    while not done_now():
+        assert time.monotonic() < end and state(record["predict"]) not in FINAL, state(record["predict"])
+        time.sleep(0.2)
+    finished = done_now()
+    assert len(finished) < len(records), "every set was predicted before the requeue: nothing left to test"
+    subprocess.run(["scontrol", "requeue", record["predict"]], check=True)
+    states = wait_final([record["predict"], record["report"]], timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    for path in records:
+        log = (path.parent.parent / "logs" / f"{path.stem}.log").read_text(errors="replace")
+        served = log.count("tlf-lf serve: ")
+        assert served == 1 if path in finished else 1 <= served <= 2, (path, served)   # at most the one cut short
+        assert json.loads(path.read_text())["state"] == "done"
+    attempts = {json.loads(p.read_text())["slurm"].get("SLURM_RESTART_COUNT", "0")
+                for p in root.glob("r*/environment/predict-*.json")}
+    assert attempts == {"0", "1"}, attempts

@@ -18,7 +18,8 @@ from conftest import BIN, spec_file, tlf_bin
 from telecom_lf import rundir, tracking
 
 SETS = ("telecom_test_100", "telecom_train_100")
-SWEEP = "decoding: greedy\nsweep:\n  vary: {use_dora: [true], lora_rank: [8]}\nselect: {on: telecom_dev_200, every: 5}\n"
+SWEEP = ("decoding: greedy\nsweep:\n  vary: {use_dora: [true], lora_rank: [8]}\n"
+         "select: {on: telecom_dev_200, every: 5}\n")
 RUNS = ("sweep", "dora", "r8")
 
 mlflow = pytest.importorskip("mlflow", reason="the tracking extra: ./dev.sh test installs it")

@@ -109,9 +109,10 @@ class SpeedKeys:
     micro_batch: int | None = _key(None, "speed: fast only: rows per forward (default: the whole effective batch)")
     dora_kernel: str | None = _key(None, "fast: tlf's DoRA forward (same maths, factored norm computed once per "
                                          "optimiser step); peft: PEFT's own. Default: fast under speed: fast")
-    predict_mode: str = _key("shared", "shared: in one LLaMA-Factory process (tlf run, tlf demo) the base model is "
-                                       "read from disk once and every predict works on an in-memory copy (the "
-                                       "same bytes, the same predictions); per-run: each predict reads it")
+    predict_mode: str = _key("shared", "shared: in one LLaMA-Factory process (tlf run, tlf demo; on Slurm a sweep's "
+                                       "one predict job after its array) the base model is read from disk once and "
+                                       "every predict works on an in-memory copy (the same bytes, the same "
+                                       "predictions); per-run: each predict reads it (on Slurm: in its array task)")
 
 
 @dataclass(frozen=True)
