@@ -103,3 +103,31 @@ def test_with_checkpoint_selection_the_predicts_after_it_share_one_process_and_o
             assert checkpoints >= 2 and selected == (
                 ["read from disk"] + ["an in-memory copy"] * (checkpoints - 1) if mode == "shared" else []), selected
     assert outputs["shared"] == outputs["per-run"]
+
+
+@pytest.mark.integration
+def test_predict_shared_fails_a_run_with_a_corrupt_adapter_and_predicts_the_others(tiny_gemma, telecom_dir, tmp_path):
+    """The Slurm predict job's command, here: each run trained first (`tlf step RUN training`, what
+    the array tasks do), one adapter then damaged; its predict fails with its own record and log,
+    the other runs are predicted and scored, an untrained run is skipped and said, and the exit
+    status says a run failed."""
+    spec = spec_file(tmp_path / "bad.yaml", tiny_gemma, telecom_dir, sets=SETS,
+                     extra="decoding: greedy\nsweep: {grid: {lora_rank: [1, 2, 3, 4]}}\n")
+    render = subprocess.run([tlf_bin(), "render", spec, "--out", tmp_path / "runs"], capture_output=True, text=True)
+    assert render.returncode == 0, render.stderr
+    root = tmp_path / "runs" / "bad"
+    for run in ("r1", "r2", "r3"):
+        done = subprocess.run([tlf_bin(), "step", root / run, "training"], capture_output=True, text=True)
+        assert done.returncode == 0 and f"{run}: train: trained" in done.stdout, done.stdout + done.stderr
+    adapter = root / "r2" / "train" / rundir.ADAPTER_WEIGHTS
+    adapter.write_bytes(adapter.read_bytes()[:100])
+    done = subprocess.run([tlf_bin(), "predict-shared", root], capture_output=True, text=True)
+    assert done.returncode == 1 and "1 run(s) failed to predict or score: r2" in done.stderr, done.stdout + done.stderr
+    assert "r4: skipped: train not done" in done.stdout
+    for run in ("r1", "r3"):
+        assert json.loads((root / run / rundir.SCORES).read_text())["sets"].keys() == set(SETS)
+    failed = json.loads((root / "r2" / "steps" / f"predict-{SETS[0]}.json").read_text())
+    assert failed["state"] == "failed" and failed["log"].endswith(f"predict-{SETS[0]}.log")
+    assert "safetensors" in failed["cause"].lower() or "header" in failed["cause"].lower(), failed["cause"]
+    assert not (root / "r2" / rundir.SCORES).exists()
+    assert not (root / "r4" / "steps" / f"predict-{SETS[0]}.json").exists()
