@@ -137,8 +137,10 @@ def _check_profile(profile: Profile, path: Path) -> None:
         _guarded(path, "python", guard.text, profile.python, "", "path")
     if profile.tracking_uri is not None:
         _guarded(path, "tracking_uri", guard.text, profile.tracking_uri, "", "tracking URI")
-        if not re.fullmatch(r"[a-z][a-z0-9+.-]*:\S+", profile.tracking_uri):
-            raise BadProfileValue(path, "tracking_uri", f"expected a URI such as http://host:5000, got "
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*:\S+", profile.tracking_uri) \
+                or re.match(r"sqlite:///(?!/)|file:(?!/)", profile.tracking_uri):
+            raise BadProfileValue(path, "tracking_uri", f"expected a URI such as http://host:5000 (a local store "
+                                                        f"absolute: sqlite:////abs/mlflow.db), got "
                                                         f"{guard._short(profile.tracking_uri)}")
     _check_env(profile, path)
 

@@ -170,6 +170,7 @@ def test_tracking_keys_are_checked_where_they_are_written(tiny_gemma, telecom_di
                                                                   "mlflow logs",
         "tracking: mlflow\ntracking_uri: not a uri\n": "tracking_uri: expected a URI",
         'tracking: mlflow\ntracking_uri: "http://h:1/\\nx"\n': "tracking_uri",
+        "tracking: mlflow\ntracking_uri: sqlite:///mlflow.db\n": "is a relative path: every job would read it",
     }
     for extra, expected in cases.items():
         spec = spec_file(tmp_path / "bad.yaml", tiny_gemma, telecom_dir, extra=extra)
