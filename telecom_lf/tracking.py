@@ -142,6 +142,10 @@ def _experiment_id(client, tracking: Tracking) -> str:
             raise TlfError(f"MLflow experiment {tracking.experiment!r} in {tracking.uri} is deleted; restore it "
                            f"(mlflow experiments restore --experiment-id {found.experiment_id}) or remove it for good "
                            "(mlflow gc)")
+        owner = found.tags.get("tlf.experiment_dir")
+        if owner and owner != tracking.root:   # a shared server: another experiment directory's runs
+            raise TlfError(f"MLflow experiment {tracking.experiment!r} in {tracking.uri} holds the runs of {owner}, "
+                           f"not of {tracking.root}; give this spec another name: (runs of the same name would mix)")
         return found.experiment_id
     artifacts = tracking.artifacts if tracking.store is not None else None
     # experimentKind: MLflow 3's UI opens an experiment without it as a GenAI one (traces, no runs table).

@@ -16,6 +16,7 @@ import pytest
 from conftest import BIN, spec_file, tlf_bin
 
 from telecom_lf import rundir, tracking
+from telecom_lf.errors import TlfError
 
 SETS = ("telecom_test_100", "telecom_train_100")
 SWEEP = ("decoding: greedy\nsweep:\n  vary: {use_dora: [true], lora_rank: [8]}\n"
@@ -281,3 +282,14 @@ def _wait_for_text(page, words: list[str], timeout: float = 90) -> str:
             return text
         assert time.monotonic() < end, f"{missing} not on the page after {timeout} s:\n{text[:2000]}"
         time.sleep(0.5)
+
+
+@pytest.mark.unit
+def test_a_shared_store_refuses_a_second_experiment_directory_of_the_same_name(tmp_path):
+    """Two --out directories of one spec name on one tracking_uri would mix their same-named runs."""
+    store = f"sqlite:///{tmp_path}/shared.db"
+    first = tracking.plan("mlflow", store, "tune", tmp_path / "a" / "tune")
+    assert tracking.prepare_store(first) == tracking.prepare_store(first)          # the same one again: fine
+    second = tracking.plan("mlflow", store, "tune", tmp_path / "b" / "tune")
+    with pytest.raises(TlfError, match=r"holds the runs of .*/a/tune, not of .*/b/tune; give this spec another name"):
+        tracking.prepare_store(second)
