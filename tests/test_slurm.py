@@ -572,3 +572,20 @@ def test_a_requeued_shared_predict_job_predicts_no_finished_set_twice(tiny_gemma
     attempts = {json.loads(p.read_text())["slurm"].get("SLURM_RESTART_COUNT", "0")
                 for p in root.glob("r*/environment/predict-*.json")}
     assert attempts == {"0", "1"}, attempts
+
+
+def test_slurm_predict_benchmark_small(tmp_path):
+    """benchmarks/slurm_predict_bench.py on a small shape (a smoke test: no timing is asserted)."""
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "b.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "slurm_predict_bench.py"), "--runs", "2",
+                           "--rows", "4", "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["identical"] and "predictions identical across modes: True" in done.stdout
+    per_run, shared = result["results"]
+    assert per_run["states"] == shared["states"] == ["COMPLETED"]
+    assert (per_run["base_reads"], shared["base_reads"]) == (4, 1) and shared["jobs"] == per_run["jobs"] + 1
