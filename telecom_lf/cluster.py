@@ -137,12 +137,25 @@ def _check_profile(profile: Profile, path: Path) -> None:
         _guarded(path, "python", guard.text, profile.python, "", "path")
     if profile.tracking_uri is not None:
         _guarded(path, "tracking_uri", guard.text, profile.tracking_uri, "", "tracking URI")
-        if not re.fullmatch(r"[a-z][a-z0-9+.-]*:\S+", profile.tracking_uri) \
-                or re.match(r"sqlite:///(?!/)|file:(?!/)", profile.tracking_uri):
-            raise BadProfileValue(path, "tracking_uri", f"expected a URI such as http://host:5000 (a local store "
-                                                        f"absolute: sqlite:////abs/mlflow.db), got "
-                                                        f"{guard._short(profile.tracking_uri)}")
+        problem = tracking_uri_problem(profile.tracking_uri)
+        if problem:
+            raise BadProfileValue(path, "tracking_uri", problem)
     _check_env(profile, path)
+
+
+TRACKING_URI = re.compile(r"[a-z][a-z0-9+.-]*:\S+")
+# A local store given relative (sqlite:///x.db, file:x): one per working directory, not one per experiment.
+RELATIVE_STORE = re.compile(r"sqlite:///(?!/)|file:(?!/)")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with an MLflow tracking URI (a profile's or a spec's), or None."""
+    if not TRACKING_URI.fullmatch(uri):
+        return f"expected a URI such as http://host:5000 or sqlite:////abs/mlflow.db, got {guard._short(uri)}"
+    if RELATIVE_STORE.match(uri):
+        return (f"{guard._short(uri)} is a relative path: every job would read it from its own working directory; "
+                "write it absolute (sqlite:////abs/mlflow.db)")
+    return None
 
 
 # Options tlf writes itself (each from a profile key, or for the job's own working): one given

@@ -74,6 +74,12 @@ class Axis:
         return " + ".join(self.arguments)
 
 
+def argument_text(value):
+    """A swept argument's value as the spec writes it (JSON true/false and lists), ints as ints: the
+    report's columns and the tracker's tags."""
+    return json.dumps(value) if isinstance(value, (bool, list, dict)) else value
+
+
 BASELINE_LABEL = "LLaMA-Factory defaults"
 VARY_BASE_LABEL = "A/B base"
 

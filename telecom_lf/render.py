@@ -419,8 +419,7 @@ def _tracking(spec: Spec, root: Path, run: RunPlan | None = None) -> tracking.Tr
     """What a run (or, without one, the experiment) tracks where: its tracking.json."""
     tags = {}
     if run is not None:
-        tags = {f"arg.{key}": json.dumps(value) if isinstance(value, (bool, list, dict)) else value
-                for key, value in sorted(run.point.items())}
+        tags = {f"arg.{key}": plan_mod.argument_text(value) for key, value in sorted(run.point.items())}
         tags.update({"tlf.model": run.model_name, "tlf.seed": run.seed if run.seed is not None else spec.seed,
                      "tlf.baseline": run.is_baseline, **({"tlf.label": run.label} if run.label else {})})
     return tracking.plan(spec.tracking.kind, spec.tracking.uri, spec.name, root, run.name if run else None, tags)

@@ -36,7 +36,7 @@ from .rundir import TRACKING as TRACKING_FILE
 
 KINDS = ("none", "mlflow", "tensorboard")
 HEADER_KEY = "tracking"
-PACKAGES = {"mlflow": "mlflow", "tensorboard": "tensorboard"}
+PACKAGES = {"mlflow": "mlflow", "tensorboard": "tensorboard"}   # tracking: kind -> the package it needs
 INSTALL = "pip install -e '.[tracking]' (from a tlf checkout; or: pip install 'mlflow>=3.7,<4' tensorboard)"
 # What tlf sets in an LLaMA-Factory process for its MLflow callback, restored before each config
 # (a serving process runs many configs; a user's own MLFLOW_* outside tracking: stays theirs).
@@ -82,7 +82,7 @@ class Tracking:
 
 def missing_packages(kind: str) -> list[str]:
     """The Python packages ``tracking: KIND`` needs that are not installed here."""
-    needed = {"mlflow": ["mlflow"], "tensorboard": ["tensorboard"]}.get(kind, [])
+    needed = [PACKAGES[kind]] if kind in PACKAGES else []
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
@@ -159,18 +159,20 @@ def prepare_store(tracking: Tracking) -> str:
         return _experiment_id(_client(tracking), tracking)
 
 
-def run_id(run_dir: Path, tracking: Tracking) -> tuple[str, bool]:
-    """This tlf run's MLflow run id, and whether it existed already: read from mlflow-run.json, or a
-    new MLflow run created (named after the tlf run, tagged with its swept arguments, the spec's hash
-    and the versions) and its id written there."""
+def run_id(run_dir: Path, tracking: Tracking) -> tuple[str, dict | None]:
+    """This tlf run's MLflow run id, and the parameters it holds when it existed already (None for
+    a new one): read from mlflow-run.json, or a new MLflow run created (named after the tlf run,
+    tagged with its swept arguments, the spec's hash and the versions) and its id written there."""
     from . import lfargs
 
     path = Path(run_dir) / RUN_ID_FILE
     with _store_lock(tracking, run_dir):
         client = _client(tracking)
         recorded = rundir.read_json(path)
-        if isinstance(recorded, dict) and isinstance(recorded.get("run_id"), str) and _exists(client, recorded):
-            return recorded["run_id"], True
+        if isinstance(recorded, dict) and isinstance(recorded.get("run_id"), str):
+            params = _recorded_params(client, recorded["run_id"])
+            if params is not None:
+                return recorded["run_id"], params
         manifest = rundir.read_json(Path(run_dir) / rundir.MANIFEST) or {}
         tags = {**tracking.tags, "tlf.run": tracking.run or Path(run_dir).name, "tlf.run_dir": str(run_dir)}
         tags.update({f"tlf.{key}": str(manifest[key]) for key in ("spec", "spec_sha256", "git_commit")
@@ -180,18 +182,19 @@ def run_id(run_dir: Path, tracking: Tracking) -> tuple[str, bool]:
         _log_arguments(client, created.info.run_id, Path(run_dir))
         atomic_write(path, json.dumps({"run_id": created.info.run_id, "experiment": tracking.experiment,
                                        "uri": tracking.uri}, indent=2) + "\n")
-        return created.info.run_id, False
+        return created.info.run_id, None
 
 
-def _exists(client, recorded: dict) -> bool:
-    """A recorded MLflow run still in the store (a store removed, or a spec moved to another
-    tracking_uri, starts a new run rather than failing every step)."""
+def _recorded_params(client, identifier: str) -> dict | None:
+    """The parameters of a recorded MLflow run still in the store; None when it is gone (a store
+    removed, or a spec moved to another tracking_uri, starts a new run rather than failing every step)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_run(recorded["run_id"]).info.lifecycle_stage == "active"
+        found = client.get_run(identifier)
     except MlflowException:
-        return False
+        return None
+    return found.data.params if found.info.lifecycle_stage == "active" else None
 
 
 def _log_arguments(client, identifier: str, run_dir: Path) -> None:
@@ -228,10 +231,9 @@ def install_for(config_path: str | None) -> None:
     if kind == "tensorboard":
         _set_environment({"TENSORBOARD_LOGGING_DIR": str(tracking.logdir)})
         return
-    identifier, existed = run_id(run_dir, tracking)
-    has_params = existed and bool(_client(tracking).get_run(identifier).data.params)
+    identifier, params = run_id(run_dir, tracking)
     _set_environment({"MLFLOW_TRACKING_URI": tracking.uri, "MLFLOW_EXPERIMENT_NAME": tracking.experiment,
-                      "MLFLOW_RUN_ID": identifier, **({"MLFLOW_MAX_LOG_PARAMS": "0"} if has_params else {})})
+                      "MLFLOW_RUN_ID": identifier, **({"MLFLOW_MAX_LOG_PARAMS": "0"} if params else {})})
     import mlflow
 
     mlflow.set_tracking_uri(tracking.uri)   # a serving process keeps the first URI it was given otherwise
@@ -286,7 +288,8 @@ def log_scores(run_dir: Path, scores: dict, table: str) -> str | None:
         return None
     if tracking.kind == "tensorboard":
         return _tensorboard_scores(tracking, scores)
-    identifier, _existed = run_id(run_dir, tracking)
+    identifier, existing = run_id(run_dir, tracking)
+    existing = existing or {}
     client = _client(tracking)
     from mlflow.entities import Metric, Param
 
@@ -298,7 +301,6 @@ def log_scores(run_dir: Path, scores: dict, table: str) -> str | None:
         metrics += [Metric(key, value, now, step) for key, value, step in _selection_metrics(selection)]
         metrics.append(Metric("selected_step", float(selection["chosen"]["step"]), now, 0))
         params.append(Param("tlf.selected_checkpoint", rundir.checkpoint_name(selection["chosen"]["step"])))
-    existing = client.get_run(identifier).data.params
     params = [p for p in params if existing.get(p.key) != p.value]
     client.log_batch(identifier, metrics=metrics, params=params)
     client.log_artifact(identifier, str(Path(run_dir) / rundir.SCORES))

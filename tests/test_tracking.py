@@ -138,7 +138,7 @@ def _create_and_log(args) -> str:
     """One array task's share of the store: its MLflow run, created under tlf's lock, and 40 metric
     batches logged with no lock (SQLite's own)."""
     run_dir, tracked = args
-    identifier, _existed = tracking.run_id(Path(run_dir), tracked)
+    identifier, _params = tracking.run_id(Path(run_dir), tracked)
     client = mlflow.MlflowClient(tracked.uri)
     for step in range(40):
         client.log_metric(identifier, "loss", 1.0 / (step + 1), step=step)

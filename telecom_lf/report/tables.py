@@ -10,6 +10,7 @@ import unicodedata
 import pandas as pd
 
 from .. import compare, guard
+from ..plan import argument_text
 from .study import (
     DELTA_METRICS,
     FIGURES,
@@ -59,15 +60,10 @@ def comparison_table(study: Study) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     for argument in swept_arguments(study):   # as written: 8 beside 16, not 16.0; true, not True
-        table[argument] = pd.Series([_argument(r.point.get(argument)) for r in study.records], dtype=object)
+        table[argument] = pd.Series([argument_text(r.point.get(argument)) for r in study.records], dtype=object)
     if "trainable params" in table:
         table["trainable params"] = table["trainable params"].astype("Int64")   # a count, even beside a gap
     return table
-
-
-def _argument(value):
-    """A swept argument's value as the spec writes it (JSON true/false and lists), ints as ints."""
-    return json.dumps(value) if isinstance(value, (bool, list, dict)) else value
 
 
 def _metric_cells(record: RunRecord, reference: RunRecord | None, dataset: str, compared: bool) -> dict:

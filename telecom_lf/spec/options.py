@@ -3,11 +3,10 @@ predict_mode: and tracking:, tracking_uri:. ``check`` is parse's checker (file:l
 
 from __future__ import annotations
 
-import re
-
 from .. import guard
+from ..cluster import tracking_uri_problem
 from .model import Speed, Tracking
-from .schema import DORA_KERNELS, PREDICT_MODES, SPEEDS, TRACKERS, TRACKING_URI_RE, SpeedKeys, TrackingKeys, default
+from .schema import DORA_KERNELS, PREDICT_MODES, SPEEDS, TRACKERS, SpeedKeys, TrackingKeys, default
 
 
 def parse_speed(raw: dict, check) -> Speed:
@@ -33,8 +32,6 @@ def parse_speed(raw: dict, check) -> Speed:
 
 
 
-# A local store given relative (sqlite:///x.db, file:x): one per working directory, not one per experiment.
-LOCAL_RELATIVE_URI = re.compile(r"(?:sqlite:///(?!/)|file:(?!/))")
 # Training arguments that `tracking:` writes itself, per tracker.
 TRACKING_ARGUMENTS = {"mlflow": ("report_to", "run_name"), "tensorboard": ("report_to", "logging_dir")}
 
@@ -50,12 +47,8 @@ def parse_tracking(raw: dict, train: dict | None, check) -> Tracking:
         if kind != "mlflow":
             check.fail(("tracking_uri",), "tracking_uri is where tracking: mlflow logs; add tracking: mlflow")
         elif check.guarded(("tracking_uri",), guard.text, uri, "", "tracking URI") is not None \
-                and not TRACKING_URI_RE.fullmatch(uri):
-            check.fail(("tracking_uri",), f"expected a URI such as http://host:5000 or sqlite:////abs/mlflow.db, "
-                                          f"got {guard._short(str(uri))}")
-        elif LOCAL_RELATIVE_URI.match(uri):
-            check.fail(("tracking_uri",), f"{guard._short(uri)} is a relative path: every job would read it from its "
-                                          "own working directory; write it absolute (sqlite:////abs/mlflow.db)")
+                and (problem := tracking_uri_problem(uri)):
+            check.fail(("tracking_uri",), problem)
     for argument in TRACKING_ARGUMENTS.get(kind, ()):
         if argument in (train or {}):
             check.fail(("train", argument), f"tracking: {kind} sets {argument} itself (one tracker run per tlf run); "

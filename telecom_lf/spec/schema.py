@@ -13,7 +13,6 @@ SPEEDS = ("as-written", "fast")
 DORA_KERNELS = ("fast", "peft")
 PREDICT_MODES = ("shared", "per-run")
 TRACKERS = ("none", "mlflow", "tensorboard")
-TRACKING_URI_RE = re.compile(r"[a-z][a-z0-9+.-]*:[^\s]+")
 PROMPT_MODES = ("blog", "upstream")
 DECODING = ("greedy", "sampled")
 # Keys tlf writes itself: setting them in a spec would silently fight the plan.
