@@ -293,3 +293,18 @@ def test_a_shared_store_refuses_a_second_experiment_directory_of_the_same_name(t
     second = tracking.plan("mlflow", store, "tune", tmp_path / "b" / "tune")
     with pytest.raises(TlfError, match=r"holds the runs of .*/a/tune, not of .*/b/tune; give this spec another name"):
         tracking.prepare_store(second)
+
+
+@pytest.mark.unit
+def test_a_hostile_tracking_uri_is_kept_verbatim_and_never_reaches_a_shell_unquoted(tiny_gemma, telecom_dir, tmp_path):
+    import shlex
+
+    uri = "http://h:5000/$(touch${IFS}x)`id`;rm"
+    spec = spec_file(tmp_path / "h.yaml", tiny_gemma, telecom_dir, extra=f"tracking: mlflow\ntracking_uri: '{uri}'\n")
+    tlf("render", spec, "--out", tmp_path / "runs")
+    root = tmp_path / "runs" / "h"
+    assert tracking.read(root / "h").uri == uri
+    assert shlex.split(tracking.ui_command(root))[:3] == ["mlflow", "ui", "--backend-store-uri"]
+    assert shlex.split(tracking.ui_command(root))[3] == uri
+    assert all(uri not in p.read_text() for p in root.rglob("*.sbatch"))     # no job script carries it
+    assert not (tmp_path / "x").exists() and not (root / "x").exists()
